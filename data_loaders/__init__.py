@@ -1,0 +1,1 @@
+"""Bytes on disk -> validated arrays: LOBSTER files, the synthetic market, image datasets, run directories."""

@@ -1,0 +1,1 @@
+"""Attacks on valuation models: capital-constrained, random-orders baseline, universal transfer."""

@@ -1,0 +1,1 @@
+"""The image side: models, attacks, defenses and robustness experiments."""

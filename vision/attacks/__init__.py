@@ -1,0 +1,1 @@
+"""Image attacks: callable objects ``atk(model, x, y) -> AttackResult``."""

@@ -1,0 +1,1 @@
+"""Training procedures: standard, PGD adversarial, fast (FGSM + random start), TRADES."""
