@@ -67,7 +67,9 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
 
 
-def save_weights(path: str | os.PathLike, state_dict: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
+def save_weights(
+    path: str | os.PathLike, state_dict: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+) -> Path:
     """Save a torch state_dict as safetensors (no pickle), atomically."""
     from safetensors.torch import save
 
