@@ -1,0 +1,421 @@
+"""LOBSTER message + orderbook files (.csv pair, a directory, or the .zip LOBSTER ships) -> a validated LobsterDay.
+
+Prices are int64 LOBSTER units (dollars x 10,000), sizes int64 shares, time float64 seconds after midnight.
+The book arrays are (N, 2, L): side 0 = bid, 1 = ask, level 0 = best; dummy prices (+-9999999999) are kept
+and masked by ``level_mask``. Parsed days are cached as parquet keyed by the content hash of the source bytes
+(see ``data_loaders.lobster_cache``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+EMPTY_ASK: int = 9999999999
+EMPTY_BID: int = -9999999999
+EVENT_TYPES = (1, 2, 3, 4, 5, 7)
+HALT = 7
+MESSAGE_COLUMNS = ("time", "event_type", "order_id", "size", "price", "direction")
+
+_NAME = re.compile(
+    r"^(?P<ticker>[^_/\\]+)_(?P<date>\d{4}-\d{2}-\d{2})_(?P<start>\d+)_(?P<end>\d+)_"
+    r"(?P<kind>message|orderbook)_(?P<levels>\d+)\.csv$"
+)
+
+
+class LobsterFormatError(ValueError):
+    """Bad LOBSTER input. The message reads ``FILE: row N: problem`` (N is the 1-based line) where a row applies."""
+
+
+def level_mask(prices: np.ndarray) -> np.ndarray:
+    """True where a level holds a real price (not a LOBSTER dummy)."""
+    return (prices != EMPTY_ASK) & (prices != EMPTY_BID)
+
+
+@dataclass(frozen=True)
+class LobsterDay:
+    """One validated LOBSTER file pair. ``book_*[k]`` is the top-L book after message k.
+
+    Arrays are converted to the field dtypes below and made read-only (an array already of the right dtype
+    is used as is, so the caller's array becomes read-only too).
+    """
+
+    ticker: str
+    date: str
+    levels: int
+    source: str
+    time: np.ndarray
+    event_type: np.ndarray
+    order_id: np.ndarray
+    size: np.ndarray
+    price: np.ndarray
+    direction: np.ndarray
+    book_prices: np.ndarray
+    book_sizes: np.ndarray
+
+    def __post_init__(self) -> None:
+        """Normalise dtypes (see the class fields), make arrays C-contiguous and read-only, check shapes."""
+        dtypes = {"time": np.float64, "event_type": np.int8, "order_id": np.int64, "size": np.int64,
+                  "price": np.int64, "direction": np.int8, "book_prices": np.int64, "book_sizes": np.int64}
+        for name, dt in dtypes.items():
+            a = np.ascontiguousarray(getattr(self, name), dtype=dt)
+            a.flags.writeable = False
+            object.__setattr__(self, name, a)
+        n = self.time.shape[0]
+        for name in ("event_type", "order_id", "size", "price", "direction"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"LobsterDay {self.source}: {name} must have shape ({n},)")
+        for name in ("book_prices", "book_sizes"):
+            if getattr(self, name).shape != (n, 2, self.levels):
+                raise ValueError(f"LobsterDay {self.source}: {name} must have shape ({n}, 2, {self.levels}), "
+                                 f"got {getattr(self, name).shape}")
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.time.shape[0])
+
+    @property
+    def halt_rows(self) -> np.ndarray:
+        """0-based indices of the trading-halt messages (type 7)."""
+        return np.flatnonzero(self.event_type == HALT)
+
+    def summary(self) -> str:
+        """A few lines: ticker, date, levels, rows, time span, halts, price range."""
+        halts = self.halt_rows
+        mask = level_mask(self.book_prices)
+        real = self.book_prices[mask]
+        lo, hi = (real.min() / 1e4, real.max() / 1e4) if real.size else (float("nan"), float("nan"))
+        halt_txt = "none"
+        if halts.size:
+            shown = ", ".join(f"{format_clock(self.time[i])} (price {self.price[i]})" for i in halts[:5])
+            halt_txt = f"{halts.size}: {shown}" + (" ..." if halts.size > 5 else "")
+        return (
+            f"{self.ticker} {self.date}, {self.levels} levels, {self.n_rows:,} rows "
+            f"({format_clock(self.time[0])} - {format_clock(self.time[-1])})\n"
+            f"halts (type 7): {halt_txt}\n"
+            f"book prices: ${lo:,.4f} - ${hi:,.4f}\n"
+            f"source: {self.source}"
+        )
+
+
+@dataclass(frozen=True)
+class LobsterPair:
+    """A message/orderbook file pair found by ``find_days``; ``archive`` is the zip holding them, if any."""
+
+    ticker: str
+    date: str
+    levels: int
+    message: str
+    orderbook: str
+    archive: str | None = None
+
+    def describe(self) -> str:
+        where = f" in {self.archive}" if self.archive else ""
+        return f"{self.message} + {self.orderbook}{where}"
+
+
+def format_clock(seconds: float) -> str:
+    """Seconds after midnight -> HH:MM:SS.mmm."""
+    s = float(seconds)
+    h, rem = divmod(s, 3600.0)
+    m, sec = divmod(rem, 60.0)
+    return f"{int(h):02d}:{int(m):02d}:{sec:06.3f}"
+
+
+def parse_name(name: str) -> dict | None:
+    """Fields of a LOBSTER file name (ticker, date, start, end, kind, levels) or None when it does not follow it."""
+    m = _NAME.match(PurePosixPath(name).name)
+    if not m:
+        return None
+    d = m.groupdict()
+    d["levels"] = int(d["levels"])
+    return d
+
+
+def _safe_member(zip_path: str, name: str) -> None:
+    p = PurePosixPath(name.replace("\\", "/"))
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in p.parts:
+        raise LobsterFormatError(f"{zip_path}: member {name!r}: unsafe path (absolute or containing '..'); refused")
+
+
+def _pairs_from_names(names: list[str], archive: str | None) -> list[LobsterPair]:
+    by_key: dict[tuple, dict[str, str]] = {}
+    for n in names:
+        f = parse_name(n)
+        if f is None:
+            continue
+        key = (str(PurePosixPath(n.replace("\\", "/")).parent), f["ticker"], f["date"], f["start"], f["end"],
+               f["levels"])
+        by_key.setdefault(key, {})[f["kind"]] = n
+    pairs = []
+    for key, kinds in sorted(by_key.items()):
+        if "message" in kinds and "orderbook" in kinds:
+            pairs.append(LobsterPair(key[1], key[2], key[5], kinds["message"], kinds["orderbook"], archive))
+    return pairs
+
+
+def find_days(path: str | os.PathLike) -> list[LobsterPair]:
+    """The LOBSTER message/orderbook pairs in a directory (not recursive) or a .zip (members are path-checked)."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+        for n in names:
+            _safe_member(str(path), n)
+        return _pairs_from_names(names, str(path))
+    if path.is_dir():
+        names = sorted(str(p) for p in path.iterdir() if p.is_file())
+        return _pairs_from_names(names, None)
+    raise LobsterFormatError(f"{path}: not a directory or a zip archive")
+
+
+# ----------------------------------------------------------------------------------------------- reading bytes
+
+
+@dataclass(frozen=True)
+class _Source:
+    message_name: str
+    orderbook_name: str
+    message_bytes: bytes
+    orderbook_bytes: bytes
+    ticker: str
+    date: str
+    levels: int | None  # from the file name; None when the name does not follow the convention
+
+
+def _pick_one(path: Path, pairs: list[LobsterPair]) -> LobsterPair:
+    if len(pairs) == 1:
+        return pairs[0]
+    if not pairs:
+        raise LobsterFormatError(f"{path}: no LOBSTER message/orderbook pair found "
+                                 "(names like TICKER_YYYY-MM-DD_START_END_message_L.csv)")
+    listing = "; ".join(p.describe() for p in pairs)
+    raise LobsterFormatError(f"{path}: holds {len(pairs)} LOBSTER pairs, pass one message file: {listing}")
+
+
+def _read_source(path: str | os.PathLike, orderbook_path: str | os.PathLike | None) -> _Source:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if orderbook_path is not None:
+        ob = Path(orderbook_path)
+        if not ob.is_file():
+            raise FileNotFoundError(f"{ob}: no such orderbook file")
+        f = parse_name(path.name) or {}
+        return _Source(str(path), str(ob), path.read_bytes(), ob.read_bytes(), f.get("ticker", path.stem),
+                       f.get("date", ""), f.get("levels"))
+    if path.is_file() and zipfile.is_zipfile(path):
+        pair = _pick_one(path, find_days(path))
+        with zipfile.ZipFile(path) as zf:
+            mb, ob_bytes = zf.read(pair.message), zf.read(pair.orderbook)
+        return _Source(f"{path}!{pair.message}", f"{path}!{pair.orderbook}", mb, ob_bytes, pair.ticker, pair.date,
+                       pair.levels)
+    if path.is_dir():
+        pair = _pick_one(path, find_days(path))
+        return _read_source(pair.message, pair.orderbook)
+    f = parse_name(path.name)
+    if f is None:
+        raise LobsterFormatError(f"{path}: file name does not follow the LOBSTER convention "
+                                 "TICKER_YYYY-MM-DD_START_END_message_L.csv; pass orderbook_path explicitly")
+    msg = path if f["kind"] == "message" else path.with_name(path.name.replace("_orderbook_", "_message_"))
+    ob = msg.with_name(msg.name.replace("_message_", "_orderbook_"))
+    for p in (msg, ob):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: not found (the LOBSTER pair of {path.name})")
+    return _Source(str(msg), str(ob), msg.read_bytes(), ob.read_bytes(), f["ticker"], f["date"], f["levels"])
+
+
+# ----------------------------------------------------------------------------------------------- parsing CSV
+
+
+def _locate_csv_problem(name: str, data: bytes, ncols: int | None, float_cols: tuple[int, ...]) -> str:
+    """Slow line-by-line scan that finds the first bad row (only run after the fast reader failed)."""
+    text = data.decode("utf-8", errors="replace")
+    expected = ncols
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            return f"{name}: row {i}: empty line"
+        cells = line.split(",")
+        if expected is None:
+            expected = len(cells)
+        if len(cells) != expected:
+            return f"{name}: row {i}: expected {expected} columns, found {len(cells)}"
+        for c, cell in enumerate(cells, start=1):
+            s = cell.strip()
+            if s == "":
+                return f"{name}: row {i}: column {c} is empty"
+            if s.lower() in ("nan", "-nan", "na", "n/a", "null"):
+                return f"{name}: row {i}: column {c} is NaN ({s!r})"
+            try:
+                v = float(s) if (c - 1) in float_cols else int(s)
+            except ValueError:
+                kind = "number" if (c - 1) in float_cols else "integer"
+                return f"{name}: row {i}: column {c} is not an {kind}: {s!r}"
+            if isinstance(v, float) and not np.isfinite(v):
+                return f"{name}: row {i}: column {c} is not finite: {s!r}"
+    return ""
+
+
+def _read_csv(name: str, data: bytes, ncols: int | None, float_cols: tuple[int, ...]) -> np.ndarray | list:
+    """Parse a headerless numeric CSV with pyarrow; return the list of numpy columns. Errors name the row."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if not data or data.isspace():
+        raise LobsterFormatError(f"{name}: file is empty")
+    first = data[: data.find(b"\n")] if b"\n" in data else data
+    n = len(first.split(b","))
+    if ncols is not None and n != ncols:
+        raise LobsterFormatError(f"{name}: row 1: expected {ncols} columns, found {n}")
+    names = [f"c{i}" for i in range(n)]
+    types = {nm: (pa.float64() if i in float_cols else pa.int64()) for i, nm in enumerate(names)}
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pacsv.ReadOptions(column_names=names, block_size=1 << 22),
+            convert_options=pacsv.ConvertOptions(column_types=types),
+        )
+    except pa.ArrowInvalid as exc:
+        problem = _locate_csv_problem(name, data, n, float_cols)
+        raise LobsterFormatError(problem or f"{name}: unreadable CSV ({exc})") from None
+    cols = []
+    for nm in names:
+        col = table.column(nm)
+        if col.null_count:
+            problem = _locate_csv_problem(name, data, n, float_cols)
+            raise LobsterFormatError(problem or f"{name}: empty or NaN cell in column {nm[1:]}")
+        cols.append(col.to_numpy())
+    return cols
+
+
+def _bad_row(name: str, bad: np.ndarray, problem: str) -> LobsterFormatError:
+    i = int(np.flatnonzero(bad)[0])
+    return LobsterFormatError(f"{name}: row {i + 1}: {problem(i) if callable(problem) else problem}")
+
+
+def _validate_messages(name: str, t: np.ndarray, et: np.ndarray, size: np.ndarray, direction: np.ndarray) -> None:
+    if not np.isfinite(t).all():
+        raise _bad_row(name, ~np.isfinite(t), lambda i: f"time is not finite ({t[i]})")
+    back = np.zeros(t.shape, bool)
+    back[1:] = t[1:] < t[:-1]
+    if back.any():
+        raise _bad_row(name, back, lambda i: f"time goes backwards ({t[i]!r} after {t[i - 1]!r})")
+    bad_type = ~np.isin(et, EVENT_TYPES)
+    if bad_type.any():
+        raise _bad_row(name, bad_type, lambda i: f"unknown event type {int(et[i])} (expected one of {EVENT_TYPES})")
+    bad_dir = (direction != 1) & (direction != -1)
+    if bad_dir.any():
+        raise _bad_row(name, bad_dir, lambda i: f"direction must be -1 or 1, found {int(direction[i])}")
+    bad_size = (size <= 0) & (et != HALT)
+    if bad_size.any():
+        raise _bad_row(name, bad_size, lambda i: f"size must be positive for event type {int(et[i])}, found "
+                                                 f"{int(size[i])}")
+
+
+def validate_book(name: str, prices: np.ndarray, sizes: np.ndarray) -> None:
+    """Check a (N, 2, L) book: dummies on the right side with size 0, real sizes > 0, ladders in order, no cross."""
+    bid_p, ask_p = prices[:, 0, :], prices[:, 1, :]
+    bid_s, ask_s = sizes[:, 0, :], sizes[:, 1, :]
+    wrong_dummy = (bid_p == EMPTY_ASK) | (ask_p == EMPTY_BID)
+    if wrong_dummy.any():
+        raise _bad_row(name, wrong_dummy.any(axis=1), "dummy price of the other side (+9999999999 on the bid or "
+                                                      "-9999999999 on the ask)")
+    for side, p, s in (("bid", bid_p, bid_s), ("ask", ask_p, ask_s)):
+        real = level_mask(p)
+        bad = ~real & (s != 0)
+        if bad.any():
+            r = int(np.flatnonzero(bad.any(axis=1))[0])
+            j = int(np.flatnonzero(bad[r])[0])
+            raise LobsterFormatError(f"{name}: row {r + 1}: {side} level {j + 1} has a dummy price with non-zero "
+                                     f"size {int(s[r, j])}")
+        bad = real & (s <= 0)
+        if bad.any():
+            r = int(np.flatnonzero(bad.any(axis=1))[0])
+            j = int(np.flatnonzero(bad[r])[0])
+            raise LobsterFormatError(f"{name}: row {r + 1}: {side} level {j + 1} at price {int(p[r, j])} has "
+                                     f"non-positive size {int(s[r, j])}")
+        bad = real & (p <= 0)
+        if bad.any():
+            r = int(np.flatnonzero(bad.any(axis=1))[0])
+            raise LobsterFormatError(f"{name}: row {r + 1}: {side} has a non-positive price")
+        if p.shape[1] > 1:
+            step = np.diff(p, axis=1)
+            in_order = step > 0 if side == "ask" else step < 0
+            # consecutive real levels must move away from the spread; a dummy can only be followed by a dummy
+            ok = np.where(real[:, 1:], real[:, :-1] & in_order, True)
+            if not ok.all():
+                r = int(np.flatnonzero(~ok.all(axis=1))[0])
+                j = int(np.flatnonzero(~ok[r])[0])
+                want = "increasing" if side == "ask" else "decreasing"
+                raise LobsterFormatError(
+                    f"{name}: row {r + 1}: {side} ladder out of order at levels {j + 1}-{j + 2} "
+                    f"({int(p[r, j])}, {int(p[r, j + 1])}); prices must be strictly {want} over real levels")
+    both = level_mask(bid_p[:, 0]) & level_mask(ask_p[:, 0])
+    crossed = both & (bid_p[:, 0] >= ask_p[:, 0])
+    if crossed.any():
+        raise _bad_row(name, crossed, lambda i: f"crossed book: best bid {int(bid_p[i, 0])} >= best ask "
+                                                f"{int(ask_p[i, 0])}")
+
+
+def parse_day(src_message: str, message_bytes: bytes, src_orderbook: str, orderbook_bytes: bytes,
+              ticker: str, date: str, levels: int | None) -> LobsterDay:
+    """Parse and validate the two files' bytes into a LobsterDay (no cache)."""
+    t, et, oid, size, price, direction = _read_csv(src_message, message_bytes, 6, (0,))
+    ob_cols = _read_csv(src_orderbook, orderbook_bytes, None, ())
+    ncols = len(ob_cols)
+    if ncols % 4:
+        raise LobsterFormatError(f"{src_orderbook}: row 1: {ncols} columns is not a multiple of 4 "
+                                 "(ask price, ask size, bid price, bid size per level)")
+    L = ncols // 4
+    if levels is not None and levels != L:
+        raise LobsterFormatError(f"{src_orderbook}: row 1: file name says {levels} levels but the file has {ncols} "
+                                 f"columns = {L} levels")
+    n_msg, n_ob = t.shape[0], ob_cols[0].shape[0]
+    if n_msg != n_ob:
+        raise LobsterFormatError(f"{src_orderbook}: row {min(n_msg, n_ob) + 1}: row-count mismatch: message file has "
+                                 f"{n_msg} rows, orderbook file has {n_ob}")
+    _validate_messages(src_message, t, et, size, direction)
+    book_prices = np.empty((n_ob, 2, L), np.int64)
+    book_sizes = np.empty((n_ob, 2, L), np.int64)
+    for j in range(L):  # LOBSTER columns per level: ask price, ask size, bid price, bid size
+        book_prices[:, 1, j], book_sizes[:, 1, j] = ob_cols[4 * j], ob_cols[4 * j + 1]
+        book_prices[:, 0, j], book_sizes[:, 0, j] = ob_cols[4 * j + 2], ob_cols[4 * j + 3]
+    validate_book(src_orderbook, book_prices, book_sizes)
+    return LobsterDay(
+        ticker=ticker, date=date, levels=L, source=src_message,
+        time=t, event_type=et, order_id=oid, size=size, price=price, direction=direction,
+        book_prices=book_prices, book_sizes=book_sizes,
+    )
+
+
+def load_day(
+    path: str | os.PathLike,
+    orderbook_path: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> LobsterDay:
+    """Load one LOBSTER day from a message csv (its orderbook found by name), a directory or a LOBSTER .zip.
+
+    With ``use_cache`` the parsed day is stored as parquet under ``cache_dir`` (default ``$ADVSIM_CACHE`` or
+    ``~/.cache/advsim``), keyed by a blake2b hash of both files' bytes, so a second load skips parsing.
+    """
+    from data_loaders import lobster_cache
+
+    src = _read_source(path, orderbook_path)
+    key = lobster_cache.content_key(src.message_bytes, src.orderbook_bytes) if use_cache else None
+    if key is not None:
+        day = lobster_cache.read(key, cache_dir)
+        if day is not None:
+            return dataclasses.replace(day, source=src.message_name)
+    day = parse_day(src.message_name, src.message_bytes, src.orderbook_name, src.orderbook_bytes,
+                    src.ticker, src.date, src.levels)
+    if key is not None:
+        lobster_cache.write(key, day, cache_dir)
+    return day

@@ -1,0 +1,156 @@
+"""Per-snippet attack results: the record, JSONL storage, dense orders and the accuracy-vs-capital curve."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from data_loaders.rundir import atomic_write_text
+
+CLASS_NAMES = ("down", "flat", "up")
+
+STATUSES = ("misclassified_before", "success", "budget", "max_iter", "zero_gradient")
+
+
+def class_index(name: str | int) -> int:
+    """``down``/``flat``/``up`` (or 0/1/2) -> the class index 0/1/2."""
+    if isinstance(name, (int, np.integer)) or (isinstance(name, str) and name.isdigit()):
+        k = int(name)
+        if k not in (0, 1, 2):
+            raise ValueError(f"class must be 0, 1 or 2, got {k}")
+        return k
+    try:
+        return CLASS_NAMES.index(str(name).lower())
+    except ValueError:
+        raise ValueError(f"class must be one of {CLASS_NAMES} or 0/1/2, got {name!r}") from None
+
+
+@dataclass
+class AttackRecord:
+    """What an attack did to one snippet.
+
+    ``orders`` is sparse: one ``[t, side, level, shares]`` per nonzero entry of the returned integer orders.
+    ``capital``/``cost``/``relative_size`` describe the returned orders (exactly propagated). ``peak_capital`` is
+    the largest capital of the rounded orders along the attack path up to its stop: the same attack with any
+    budget ``c >= peak_capital`` follows the same path, so a successful snippet is fooled at budget c iff
+    ``peak_capital <= c``.
+    """
+
+    index: int
+    day: int
+    start: int
+    label: int
+    pred_before: int
+    pred_after: int
+    attacked: bool
+    success: bool
+    status: str
+    iterations: int = 0
+    capital: float = 0.0
+    peak_capital: float = 0.0
+    cost: float = 0.0
+    relative_size: float = 0.0
+    orders: list[list[int]] = field(default_factory=list)
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"AttackRecord: unknown status {self.status!r}; expected one of {STATUSES}")
+
+
+def sparse_orders(orders: np.ndarray) -> list[list[int]]:
+    """(W, 2, L) int orders -> ``[[t, side, level, shares], ...]`` for the nonzero entries."""
+    orders = np.asarray(orders)
+    idx = np.argwhere(orders != 0)
+    return [[int(t), int(s), int(j), int(orders[t, s, j])] for t, s, j in idx]
+
+
+def dense_orders(records: Sequence[AttackRecord], window: int, levels: int) -> np.ndarray:
+    """The records' orders as one (B, W, 2, L) int64 array (zeros where a record placed nothing)."""
+    out = np.zeros((len(records), window, 2, levels), np.int64)
+    for b, rec in enumerate(records):
+        for t, s, j, q in rec.orders:
+            if not (0 <= t < window and s in (0, 1) and 0 <= j < levels) or q < 0:
+                raise ValueError(f"record {rec.index}: order {[t, s, j, q]} outside (W={window}, 2, L={levels})")
+            out[b, t, s, j] = q
+    return out
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[AttackRecord]) -> Path:
+    """Write one JSON object per record (atomically)."""
+    lines = [json.dumps(asdict(r), separators=(",", ":")) for r in records]
+    return atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[AttackRecord]:
+    """Read records written by :func:`write_jsonl`; a bad line gets an error naming the file and line."""
+    path = Path(path)
+    names = {f.name for f in fields(AttackRecord)}
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: line {n}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(obj, dict) or set(obj) - names:
+                raise ValueError(f"{path}: line {n}: not an attack record (unexpected keys)")
+            try:
+                out.append(AttackRecord(**obj))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{path}: line {n}: {exc}") from exc
+    return out
+
+
+def adversarial_accuracy(records: Sequence[AttackRecord]) -> float:
+    """A_adv: misclassified-before counts as wrong, a failed attack as right."""
+    if not records:
+        return float("nan")
+    return float(np.mean([r.attacked and not r.success for r in records]))
+
+
+def clean_accuracy(records: Sequence[AttackRecord]) -> float:
+    """Accuracy of the model on the attacked snippets before the attack."""
+    if not records:
+        return float("nan")
+    return float(np.mean([r.attacked for r in records]))
+
+
+def capital_curve(records: Sequence[AttackRecord], budgets: Sequence[float]) -> np.ndarray:
+    """Accuracy under attack at each budget, from one run with a budget >= max(budgets).
+
+    A snippet is fooled at budget c iff its attack succeeded with ``peak_capital <= c`` (the path of the attack
+    does not depend on the budget until the budget stops it, and the step sizes are drawn per iteration, not per
+    snippet).
+    """
+    if not records:
+        return np.full(len(budgets), np.nan)
+    attacked = np.array([r.attacked for r in records])
+    success = np.array([r.success for r in records])
+    peak = np.array([r.peak_capital for r in records])
+    return np.array([np.mean(attacked & ~(success & (peak <= c))) for c in budgets])
+
+
+def summarize(records: Sequence[AttackRecord]) -> dict:
+    """A_test, A_adv and the means over successful attacks of capital, relative size and cost (Table 3.2)."""
+    ok = [r for r in records if r.success]
+    mean = (lambda xs: float(np.mean(xs)) if xs else float("nan"))
+    return {
+        "n": len(records),
+        "attacked": int(sum(r.attacked for r in records)),
+        "successes": len(ok),
+        "a_test": clean_accuracy(records),
+        "a_adv": adversarial_accuracy(records),
+        "capital_mean": mean([r.capital for r in ok]),
+        "size_mean": mean([r.relative_size for r in ok]),
+        "cost_mean": mean([r.cost for r in ok]),
+        "iterations_mean": mean([r.iterations for r in records if r.attacked]),
+        "status_counts": {s: int(sum(r.status == s for r in records)) for s in STATUSES},
+    }

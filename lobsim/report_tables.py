@@ -1,0 +1,132 @@
+"""Result tables in the thesis' layouts (Table 3.2 and Table 3.3) as markdown, CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from data_loaders.rundir import atomic_write_text, write_json
+
+# Table 3.2: one row per (ticker, model). Values are fractions (accuracies) / dollars / percent.
+TABLE_32_COLUMNS = ("ticker", "model", "a_test", "a_rand", "a_adv", "capital", "size", "cost", "n")
+_HEAD_32 = ("Ticker", "Model", "A_test (%)", "A_rand (%)", "A_adv (%)", "Capital ($)", "Size (%)", "Cost ($)", "n")
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _fmt(x: Any, kind: str) -> str:
+    v = _num(x)
+    if v is None:
+        return "-"
+    if kind == "pct":
+        return f"{100 * v:.2f}"
+    if kind == "money":
+        return f"{v:,.0f}"
+    if kind == "size":
+        return "< 0.1" if 0 < v < 0.1 else f"{v:.1f}"
+    if kind == "cost":
+        return f"{v:.2f}"
+    return str(int(v)) if kind == "int" else f"{v:g}"
+
+
+def merge_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Merge partial Table 3.2 rows with the same (ticker, model): later non-missing values win."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        if "ticker" not in row or "model" not in row:
+            raise ValueError(f"Table 3.2 row without ticker/model: {dict(row)}")
+        key = (str(row["ticker"]), str(row["model"]))
+        cur = merged.setdefault(key, {c: None for c in TABLE_32_COLUMNS} | {"ticker": key[0], "model": key[1]})
+        for k, v in row.items():
+            if k in TABLE_32_COLUMNS and v is not None:
+                cur[k] = v
+    return list(merged.values())
+
+
+def table_32_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Table 3.2 as markdown: accuracies in percent, capital/size/cost means over successful attacks."""
+    kinds = ("str", "str", "pct", "pct", "pct", "money", "size", "cost", "int")
+    lines = ["| " + " | ".join(_HEAD_32) + " |", "|" + "---|" * len(_HEAD_32)]
+    for r in rows:
+        cells = [str(r.get(c, "")) if k == "str" else _fmt(r.get(c), k) for c, k in zip(TABLE_32_COLUMNS, kinds)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def table_33_rows(matrix: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Flatten ``matrix[surrogate][victim]`` into rows (victim, surrogate, fooled, eligible, fool_rate, size)."""
+    rows = []
+    for s, per_victim in matrix.items():
+        for v, res in per_victim.items():
+            rows.append({"victim": v, "surrogate": s, "fooled": res.get("fooled"), "eligible": res.get("eligible"),
+                         "fool_rate": res.get("fool_rate"), "size": res.get("size_mean"),
+                         "capital": res.get("capital_mean")})
+    return rows
+
+
+def table_33_markdown(matrix: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """Table 3.3 layout: one row per victim, a (Fooled, Size) column pair per surrogate pattern."""
+    surrogates = list(matrix)
+    victims: list[str] = []
+    for s in surrogates:
+        victims += [v for v in matrix[s] if v not in victims]
+    head = ["Victim model"]
+    for s in surrogates:
+        head += [f"U_{s} Fooled", f"U_{s} Size"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in victims:
+        cells = [v]
+        for s in surrogates:
+            res = matrix[s].get(v)
+            if res is None:
+                cells += ["-", "-"]
+                continue
+            rate = _num(res.get("fool_rate"))
+            cells.append("-" if rate is None else f"{100 * rate:.2f}% ({res.get('fooled')}/{res.get('eligible')})")
+            size = _num(res.get("size_mean"))
+            cells.append("-" if size is None else f"{size:.2f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rows_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Plain CSV of rows (raw values; missing as empty)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        w.writerow(["" if _num(r.get(c)) is None and not isinstance(r.get(c), str) else r.get(c) for c in columns])
+    return buf.getvalue()
+
+
+def write_table_32(out: str | os.PathLike, rows: Sequence[Mapping[str, Any]], title: str = "") -> list[Path]:
+    """table_3_2.md / .csv / .json in ``out``."""
+    out = Path(out)
+    md = (f"{title}\n\n" if title else "") + table_32_markdown(rows)
+    return [atomic_write_text(out / "table_3_2.md", md),
+            atomic_write_text(out / "table_3_2.csv", rows_csv(rows, TABLE_32_COLUMNS)),
+            write_json(out / "table_3_2.json", list(rows))]
+
+
+def write_table_33(out: str | os.PathLike, matrix: Mapping[str, Mapping[str, Mapping[str, Any]]], title: str = ""
+                   ) -> list[Path]:
+    """table_3_3.md / .csv / .json in ``out``."""
+    out = Path(out)
+    md = (f"{title}\n\n" if title else "") + table_33_markdown(matrix)
+    cols = ("victim", "surrogate", "fooled", "eligible", "fool_rate", "size", "capital")
+    return [atomic_write_text(out / "table_3_3.md", md),
+            atomic_write_text(out / "table_3_3.csv", rows_csv(table_33_rows(matrix), cols)),
+            write_json(out / "table_3_3.json", matrix)]
