@@ -95,10 +95,10 @@ def data_ingest(paths: tuple[str, ...], cache_dir: str | None) -> None:
     todo: list[str] = []
     for p in paths:
         if Path(p).is_dir():
-            pairs = find_days(p)
-            if not pairs:
-                raise click.ClickException(f"{p}: no LOBSTER message/orderbook pair found")
-            todo += [pair.message for pair in pairs]
+            found = [pair.message for pair in find_days(p)] + sorted(str(z) for z in Path(p).glob("*.zip"))
+            if not found:
+                raise click.ClickException(f"{p}: no LOBSTER message/orderbook pair or .zip found")
+            todo += found
         else:
             todo.append(p)
     for p in (bar := tqdm(todo, desc="ingest", unit="day")):
@@ -167,11 +167,243 @@ def lob_synth(preset: str, days: int, hours: float, out_dir: str, seed: int, lev
 
 
 # ---- lob train / evaluate / table (issue: valuation models) ----
+def _train_market(cfg_data: dict, features):
+    from lobsim.dataset import Market
+
+    return Market.from_paths(cfg_data["paths"], dt=cfg_data["dt"], start=cfg_data["start"], end=cfg_data["end"],
+                             features=features, split=cfg_data["split"],
+                             train_fraction=cfg_data["train_fraction"], progress=True)
+
+
+@lob.command("train")
+@click.option("--data", "data_paths", multiple=True, type=click.Path(exists=True),
+              help="LOBSTER day(s): a message csv, a LOBSTER .zip or a folder (several days are expanded in date "
+                   "order). Repeat for more days. Several days split by day (first 80% train), one day by time.")
+@click.option("--synthetic", type=click.Choice(["thick", "thin"]), default=None,
+              help="Instead of --data: simulate this synthetic market into OUT/data first.")
+@click.option("--days", type=click.IntRange(min=1), default=5, show_default=True, help="Synthetic days.")
+@click.option("--hours", type=click.FloatRange(min=0, max=6.5, min_open=True), default=1.0, show_default=True,
+              help="Synthetic hours per day, from 09:30.")
+@click.option("--model", "kind", type=click.Choice(["linear", "mlp", "lstm"]), default="mlp", show_default=True,
+              help="Valuation model.")
+@click.option("--preset", type=click.Choice(["small", "paper"]), default="small", show_default=True,
+              help="small: CPU-sized (MLP 2x256, LSTM pooled by 20 then 1x32); paper: thesis sizes (needs a GPU).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
+@click.option("--steps", type=click.IntRange(min=0), default=None,
+              help="Optimiser steps [default: 1500 small, 5000 paper]. Raise it to continue a finished run.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Snippets per step, freshly sampled [default: 256 small, 2000 paper].")
+@click.option("--lr", type=float, default=None,
+              help="Learning rate [default: linear 1e-5, mlp 1e-4 (paper 1e-5), lstm 1e-3].")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="torch CPU threads (0: torch's default; 1 is often faster for small models on a busy CPU).")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+              help="adam, or sgd with momentum 0.9 (the thesis' optimiser).")
+@click.option("--window", type=float, default=60.0, show_default=True, help="Input window in seconds.")
+@click.option("--horizon", type=float, default=10.0, show_default=True, help="Label horizon in seconds.")
+@click.option("--dt", type=float, default=0.01, show_default=True, help="Grid step in seconds.")
+@click.option("--start", type=float, default=None,
+              help="Session start, seconds after midnight [default: 34200 (09:30) if the day covers 09:30-10:30, "
+                   "else the first message].")
+@click.option("--end", type=float, default=None, help="Session end [default: 37800 (10:30), else the last message].")
+@click.option("--relative", is_flag=True, help="Label on the relative SWA change instead of dollars.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for init, sampling and synthetic data.")
+@click.option("--eval-n", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Test snippets for the evaluation after training.")
+@click.option("--fresh", is_flag=True, help="Ignore a checkpoint in OUT instead of resuming from it.")
+def lob_train(data_paths, synthetic, days, hours, kind, preset, out_dir, steps, batch, lr, threads, optimizer, window,
+              horizon, dt, start, end, relative, device, seed, eval_n, fresh) -> None:
+    """Train a valuation model (SWA window -> down/flat/up) and evaluate it on held-out test snippets.
+
+    Writes OUT/config.json, checkpoint.safetensors (resumable: rerun the same command after Ctrl-C),
+    weights.safetensors, model.json, train_log.json and metrics.json.
+    """
+    from pathlib import Path
+
+    from lobsim.dataset import FeatureConfig
+    from lobsim.features import LabelConfig
+    from lobsim.train import default_config, evaluate, train
+
+    if bool(data_paths) == bool(synthetic):
+        raise click.UsageError("give either --data PATH (repeatable) or --synthetic PRESET")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if synthetic:
+        from data_loaders.synthetic import write_days
+
+        data_paths = tuple(str(p) for p in write_days(Path(out_dir) / "data", synthetic, days=days, hours=hours,
+                                                      seed=seed, progress=True))
+    features = FeatureConfig(dt=dt, window_s=window, horizon_s=horizon, labels=LabelConfig(relative=relative))
+    data_cfg = {"paths": [str(Path(p).resolve()) for p in data_paths], "dt": dt, "start": start, "end": end,
+                "split": "auto", "train_fraction": 0.8, "synthetic": synthetic}
+    cfg = default_config(kind, preset, features, steps=steps, batch=batch, lr=lr, optimizer=optimizer, device=device,
+                         seed=seed, eval_n=eval_n, data=data_cfg)
+    market = _train_market(data_cfg, features)
+    click.echo(f"market: {len(market.books)} day(s), split by {market.split}: {market.n_train:,} train / "
+               f"{market.n_test:,} test snippet starts")
+    trained = train(cfg, market, out_dir, progress=True, resume=not fresh)
+    click.echo(f"trained {kind}/{preset} ({trained.info['parameters']:,} parameters) in "
+               f"{trained.info['train_seconds_this_session']:.1f} s on {trained.device}")
+    click.echo(evaluate(trained, market, n=eval_n, seed=cfg.eval_seed).summary())
+
+
+@lob.command("evaluate")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--n", "n", type=click.IntRange(min=1), default=10_000, show_default=True, help="Test snippets.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test-snippet draw.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda ...")
+def lob_evaluate(run: str, n: int, seed: int, device: str) -> None:
+    """Evaluate a trained run on its market's test snippets; writes RUN/metrics.json."""
+    from lobsim.train import evaluate, load_run
+
+    trained = load_run(run, device=device)
+    if not trained.config.data:
+        raise click.ClickException(f"{run}: config holds no data paths; evaluate it from Python with a Market")
+    market = _train_market(trained.config.data, trained.config.features)
+    click.echo(evaluate(trained, market, n=n, seed=seed).summary())
+
+
+@lob.command("table")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for table-3.1.md and table-3.1.json.")
+def lob_table(runs: tuple[str, ...], out_dir: str) -> None:
+    """Ticker x model accuracy table (the thesis' Table 3.1 layout) from evaluated runs."""
+    from pathlib import Path
+
+    from data_loaders.rundir import atomic_write_text, write_json
+    from lobsim.evaluate import accuracy_table, run_record
+
+    md, records = accuracy_table([run_record(r) for r in runs])
+    atomic_write_text(Path(out_dir) / "table-3.1.md", md)
+    write_json(Path(out_dir) / "table-3.1.json", records)
+    click.echo(md)
 
 # ---- end lob train ----
 
 
 # ---- lob attack / report / demo (issue: attacks) ----
+def _budget_list(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError as exc:
+        raise click.BadParameter(f"budgets must be comma-separated dollar amounts, got {text!r}") from exc
+
+
+@lob.command("attack")
+@click.argument("kind", type=click.Choice(["capital", "random", "universal"]))
+@click.option("--model", "model_run", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Run directory of the trained model to attack (the surrogate for universal).")
+@click.option("--victims", multiple=True, type=click.Path(exists=True, file_okay=False),
+              help="Other model runs (same market) that receive the crafted orders: transfer / gradient-masking "
+                   "check for capital, transfer matrix for universal, accuracy for random. Repeatable.")
+@click.option("--n", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Test snippets attacked (a fixed seeded set of the model's test split).")
+@click.option("--budget", type=float, default=None,
+              help="Capital budget in dollars [default: 100,000 for capital; 2,000,000 for random].")
+@click.option("--budgets", default=None,
+              help="capital: comma-separated budgets for the accuracy-vs-capital curve, e.g. "
+                   "1e3,1e4,1e5,1e6,2e6 (one run at the largest gives the whole curve).")
+@click.option("--max-iter", type=click.IntRange(min=1), default=300, show_default=True,
+              help="capital: iterations before a snippet is given up.")
+@click.option("--step-shares", type=float, default=0.1, show_default=True,
+              help="capital: expected first step, in shares on the largest-gradient entry (sets alpha0).")
+@click.option("--target", default="down", show_default=True, help="universal: target class down|flat|up.")
+@click.option("--gamma", type=float, default=0.05, show_default=True,
+              help="universal: weight of the relative-size penalty, in cross-entropy per percent of book size "
+                   "(0 = none).")
+@click.option("--steps", type=click.IntRange(min=1), default=300, show_default=True,
+              help="universal: Adam steps.")
+@click.option("--lr", type=float, default=0.5, show_default=True, help="universal: Adam step size in shares.")
+@click.option("--train-n", type=click.IntRange(min=1), default=512, show_default=True,
+              help="universal: training snippets the pattern is optimised on.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed (snippets, step sizes, random orders).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda ...")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in OUT.")
+def lob_attack(kind, model_run, victims, n, budget, budgets, max_iter, step_shares, target, gamma, steps, lr,
+               train_n, out_dir, seed, device, overwrite) -> None:
+    """Attack a trained model: capital (gradient, capital-constrained), random (baseline) or universal.
+
+    Writes OUT/config.json, metrics.json (with the Table 3.2 / 3.3 entries `advsim lob report` reads) and, for
+    capital, records.jsonl (one record per snippet: success, sparse orders, capital, cost, relative size).
+    """
+    from lobsim.attacks.records import class_index
+    from lobsim.experiments import run_attack
+
+    if budget is None:
+        budget = 2_000_000.0 if kind == "random" else 100_000.0
+    try:
+        m = run_attack(kind, model_run, out_dir, victims=victims, n=n, budget=budget, budgets=_budget_list(budgets),
+                       seed=seed, device=device, max_iter=max_iter, step_shares=step_shares,
+                       target=class_index(target), gamma=gamma, steps=steps, lr=lr, train_n=train_n,
+                       overwrite=overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    from lobsim.report_tables import table_32_markdown, table_33_markdown
+
+    rep = m["report"]
+    if rep.get("table_3_2"):
+        click.echo(table_32_markdown(rep["table_3_2"]))
+    for t in rep.get("table_3_3", []):
+        click.echo(table_33_markdown(t["matrix"]))
+    for v, res in m.get("transfer", {}).items():
+        click.echo(f"transfer to {v}: accuracy {100 * res['accuracy']:.2f}% (clean {100 * res['clean_accuracy']:.2f}%)")
+    click.echo(f"wrote {out_dir}")
+
+
+@lob.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Folder for report.md, table_3_2/3_3 (.md .csv .json) and the PNG figures.")
+def lob_report(runs, out_dir) -> None:
+    """Merge attack / demo runs into Table 3.2, Table 3.3, accuracy-vs-capital curves and figures."""
+    from lobsim.report import build_report
+
+    try:
+        made = build_report(runs, out_dir)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo("\n".join(str(p) for p in made))
+
+
+@lob.command("demo")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="runs/demo", show_default=True,
+              help="Run directory for data, models, records, tables and figures.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything (same seed, same numbers).")
+@click.option("--preset", type=click.Choice(["demo", "tiny", "paper"]), default="demo", show_default=True,
+              help="demo: 2-core CPU in minutes (3 synthetic days x 1 h, dt = 0.1 s, small models); tiny: seconds "
+                   "(smoke test); paper: thesis grid (dt = 0.01 s) and model sizes, needs a GPU.")
+@click.option("--synthetic", type=click.Choice(["thick", "thin"]), default=None,
+              help="Synthetic market preset [default: thick] (ignored with --data).")
+@click.option("--data", "data_paths", multiple=True, type=click.Path(exists=True),
+              help="Real LOBSTER day(s) instead of the synthetic market (one day splits by time). Repeatable.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda ...")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in OUT.")
+def lob_demo(out_dir, seed, preset, synthetic, data_paths, device, overwrite) -> None:
+    """Synthetic market -> train Linear/MLP/LSTM -> random, capital and universal attacks -> tables and figures."""
+    from lobsim.experiments import preset_config, run_experiment
+    from lobsim.report_tables import table_32_markdown, table_33_markdown
+
+    data = [str(p) for p in data_paths]
+    try:
+        cfg = preset_config(preset, seed=seed, device=device, data=data or None,
+                            synthetic=None if data else (synthetic or "thick"))
+        m = run_experiment(cfg, out_dir, progress=True, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"\n{m['ticker']}: {m['grid']}")
+    click.echo(table_32_markdown(m["report"]["table_3_2"]))
+    for t in m["report"]["table_3_3"]:
+        click.echo(t["title"])
+        click.echo(table_33_markdown(t["matrix"]))
+    click.echo(f"done in {m['timings_s']['total']:.0f} s; tables and figures in {out_dir} (report.md)")
+
 
 # ---- end lob attack ----
 
@@ -225,6 +457,8 @@ class _Radius(click.ParamType):
               help="Mixed precision: auto = bf16 autocast on CUDA, off on CPU.")
 @click.option("--guard/--no-guard", default=None,
               help="Catastrophic-overfitting guard (PGD-5 on one training batch per epoch). Default: on for fast.")
+@click.option("--normalize/--no-normalize", default=True, show_default=True,
+              help="Per-channel mean/std normalisation inside the model; --no-normalize feeds [0, 1] pixels as is.")
 @click.option("--val-size", type=int, default=0, show_default=True,
               help="Hold out this many training images and keep the epoch with the best PGD accuracy on them.")
 @click.option("--n-train", type=int, default=None, help="Train on the first N (shuffled) training images only.")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from numba import njit
 
 EMPTY_ASK: int = 9999999999
 EMPTY_BID: int = -9999999999
@@ -180,13 +181,39 @@ def find_days(path: str | os.PathLike) -> list[LobsterPair]:
 
 @dataclass(frozen=True)
 class _Source:
-    message_name: str
-    orderbook_name: str
-    message_bytes: bytes
-    orderbook_bytes: bytes
+    """A resolved pair: two files on disk, or two members of ``archive``; nothing read yet."""
+
+    message: str
+    orderbook: str
     ticker: str
     date: str
     levels: int | None  # from the file name; None when the name does not follow the convention
+    archive: str | None = None
+
+    @property
+    def message_name(self) -> str:
+        return f"{self.archive}!{self.message}" if self.archive else self.message
+
+    @property
+    def orderbook_name(self) -> str:
+        return f"{self.archive}!{self.orderbook}" if self.archive else self.orderbook
+
+    def read(self) -> tuple[bytes, bytes]:
+        if self.archive:
+            with zipfile.ZipFile(self.archive) as zf:
+                return zf.read(self.message), zf.read(self.orderbook)
+        return Path(self.message).read_bytes(), Path(self.orderbook).read_bytes()
+
+    def stat_id(self) -> str:
+        """Absolute paths, sizes and modification times (ns) of the files (or the zip and member names)."""
+        files = [self.archive] if self.archive else [self.message, self.orderbook]
+        parts = []
+        for f in files:
+            st = os.stat(f)
+            parts.append(f"{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns}")
+        if self.archive:
+            parts += [self.message, self.orderbook]
+        return "\n".join(parts)
 
 
 def _pick_one(path: Path, pairs: list[LobsterPair]) -> LobsterPair:
@@ -199,7 +226,7 @@ def _pick_one(path: Path, pairs: list[LobsterPair]) -> LobsterPair:
     raise LobsterFormatError(f"{path}: holds {len(pairs)} LOBSTER pairs, pass one message file: {listing}")
 
 
-def _read_source(path: str | os.PathLike, orderbook_path: str | os.PathLike | None) -> _Source:
+def _resolve_source(path: str | os.PathLike, orderbook_path: str | os.PathLike | None) -> _Source:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
@@ -208,17 +235,13 @@ def _read_source(path: str | os.PathLike, orderbook_path: str | os.PathLike | No
         if not ob.is_file():
             raise FileNotFoundError(f"{ob}: no such orderbook file")
         f = parse_name(path.name) or {}
-        return _Source(str(path), str(ob), path.read_bytes(), ob.read_bytes(), f.get("ticker", path.stem),
-                       f.get("date", ""), f.get("levels"))
+        return _Source(str(path), str(ob), f.get("ticker", path.stem), f.get("date", ""), f.get("levels"))
     if path.is_file() and zipfile.is_zipfile(path):
         pair = _pick_one(path, find_days(path))
-        with zipfile.ZipFile(path) as zf:
-            mb, ob_bytes = zf.read(pair.message), zf.read(pair.orderbook)
-        return _Source(f"{path}!{pair.message}", f"{path}!{pair.orderbook}", mb, ob_bytes, pair.ticker, pair.date,
-                       pair.levels)
+        return _Source(pair.message, pair.orderbook, pair.ticker, pair.date, pair.levels, archive=str(path))
     if path.is_dir():
         pair = _pick_one(path, find_days(path))
-        return _read_source(pair.message, pair.orderbook)
+        return _resolve_source(pair.message, pair.orderbook)
     f = parse_name(path.name)
     if f is None:
         raise LobsterFormatError(f"{path}: file name does not follow the LOBSTER convention "
@@ -228,7 +251,7 @@ def _read_source(path: str | os.PathLike, orderbook_path: str | os.PathLike | No
     for p in (msg, ob):
         if not p.is_file():
             raise FileNotFoundError(f"{p}: not found (the LOBSTER pair of {path.name})")
-    return _Source(str(msg), str(ob), msg.read_bytes(), ob.read_bytes(), f["ticker"], f["date"], f["levels"])
+    return _Source(str(msg), str(ob), f["ticker"], f["date"], f["levels"])
 
 
 # ----------------------------------------------------------------------------------------------- parsing CSV
@@ -262,17 +285,70 @@ def _locate_csv_problem(name: str, data: bytes, ncols: int | None, float_cols: t
     return ""
 
 
-def _read_csv(name: str, data: bytes, ncols: int | None, float_cols: tuple[int, ...]) -> np.ndarray | list:
-    """Parse a headerless numeric CSV with pyarrow; return the list of numpy columns. Errors name the row."""
+_POW10 = np.array([10.0**k for k in range(23)])
+
+
+@njit(cache=True)
+def _parse_numeric_csv(buf, ncols, float_col, out_int, out_float):
+    """Parse a headerless CSV of integers (column ``float_col`` a plain decimal) into a row-major matrix.
+
+    Returns (rows parsed, status, bad row, bad column): status 0 ok, 1 malformed row (the caller re-scans it
+    for a precise message), 2 a decimal this parser does not take exactly (the caller falls back to pyarrow).
+    """
+    n = buf.shape[0]
+    pos = 0
+    r = 0
+    nrows = out_int.shape[0]
+    while pos < n and r < nrows:
+        for c in range(ncols):
+            neg = False
+            if pos < n and buf[pos] == 45:  # '-'
+                neg = True
+                pos += 1
+            mant = 0
+            digits = 0
+            frac = 0
+            while pos < n and 48 <= buf[pos] <= 57:
+                if digits >= 18:
+                    return r, 2 if c == float_col else 1, r, c
+                mant = mant * 10 + (buf[pos] - 48)
+                digits += 1
+                pos += 1
+            if c == float_col and pos < n and buf[pos] == 46:  # '.'
+                pos += 1
+                while pos < n and 48 <= buf[pos] <= 57:
+                    if digits >= 15 or frac >= 22:
+                        return r, 2, r, c
+                    mant = mant * 10 + (buf[pos] - 48)
+                    digits += 1
+                    frac += 1
+                    pos += 1
+            if digits == 0:
+                return r, 1, r, c
+            if c == float_col:
+                v = mant / _POW10[frac]  # both exact doubles: one correctly rounded division
+                out_float[r] = -v if neg else v
+            out_int[r, c] = -mant if neg else mant
+            if c < ncols - 1:
+                if pos >= n or buf[pos] != 44:  # ','
+                    return r, 1, r, c
+                pos += 1
+            else:
+                if pos < n and buf[pos] == 13:  # '\r'
+                    pos += 1
+                if pos < n:
+                    if buf[pos] != 10:
+                        return r, 1, r, c
+                    pos += 1
+        r += 1
+    return r, 0, -1, -1
+
+
+def _read_csv_pyarrow(name: str, data: bytes, n: int, float_cols: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Fallback reader (pyarrow) for numbers the fast parser does not take exactly (e.g. exponents)."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    if not data or data.isspace():
-        raise LobsterFormatError(f"{name}: file is empty")
-    first = data[: data.find(b"\n")] if b"\n" in data else data
-    n = len(first.split(b","))
-    if ncols is not None and n != ncols:
-        raise LobsterFormatError(f"{name}: row 1: expected {ncols} columns, found {n}")
     names = [f"c{i}" for i in range(n)]
     types = {nm: (pa.float64() if i in float_cols else pa.int64()) for i, nm in enumerate(names)}
     try:
@@ -284,14 +360,43 @@ def _read_csv(name: str, data: bytes, ncols: int | None, float_cols: tuple[int, 
     except pa.ArrowInvalid as exc:
         problem = _locate_csv_problem(name, data, n, float_cols)
         raise LobsterFormatError(problem or f"{name}: unreadable CSV ({exc})") from None
-    cols = []
-    for nm in names:
+    mat = np.empty((table.num_rows, n), np.int64)
+    flt = np.empty(table.num_rows if float_cols else 0, np.float64)
+    for i, nm in enumerate(names):
         col = table.column(nm)
         if col.null_count:
             problem = _locate_csv_problem(name, data, n, float_cols)
-            raise LobsterFormatError(problem or f"{name}: empty or NaN cell in column {nm[1:]}")
-        cols.append(col.to_numpy())
-    return cols
+            raise LobsterFormatError(problem or f"{name}: empty or NaN cell in column {i + 1}")
+        if i in float_cols:
+            flt[:] = col.to_numpy()
+            mat[:, i] = flt.astype(np.int64)
+        else:
+            mat[:, i] = col.to_numpy()
+    return mat, flt
+
+
+def _read_csv(name: str, data: bytes, ncols: int | None, float_cols: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a headerless numeric CSV into an (N, ncols) int64 matrix and the float column (at most one).
+
+    Errors name the file, row and problem."""
+    if not data or data.isspace():
+        raise LobsterFormatError(f"{name}: file is empty")
+    first = data[: data.find(b"\n")] if b"\n" in data else data
+    n = len(first.split(b","))
+    if ncols is not None and n != ncols:
+        raise LobsterFormatError(f"{name}: row 1: expected {ncols} columns, found {n}")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    nrows = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    out_int = np.empty((nrows, n), np.int64)
+    out_float = np.empty(nrows if float_cols else 0, np.float64)
+    got, status, bad_row, bad_col = _parse_numeric_csv(buf, n, float_cols[0] if float_cols else -1, out_int,
+                                                       out_float)
+    if status == 2:
+        return _read_csv_pyarrow(name, data, n, float_cols)
+    if status == 1 or got != nrows:
+        problem = _locate_csv_problem(name, data, n, float_cols)
+        raise LobsterFormatError(problem or f"{name}: row {bad_row + 1}: column {bad_col + 1}: malformed cell")
+    return out_int, out_float
 
 
 def _bad_row(name: str, bad: np.ndarray, problem: str) -> LobsterFormatError:
@@ -318,57 +423,87 @@ def _validate_messages(name: str, t: np.ndarray, et: np.ndarray, size: np.ndarra
                                                  f"{int(size[i])}")
 
 
+_BOOK_PROBLEMS = {
+    1: "dummy price of the other side (+9999999999 on the bid or -9999999999 on the ask)",
+    2: "has a dummy price with non-zero size",
+    3: "has a real price with non-positive size",
+    4: "has a non-positive price",
+    5: "ladder out of order",
+    6: "crossed book",
+}
+
+
+@njit(cache=True)
+def _split_book(mat, prices, sizes):
+    """LOBSTER orderbook rows (ask price, ask size, bid price, bid size per level) -> (N, 2, L) arrays."""
+    N, L = prices.shape[0], prices.shape[2]
+    for r in range(N):
+        for j in range(L):
+            prices[r, 1, j] = mat[r, 4 * j]
+            sizes[r, 1, j] = mat[r, 4 * j + 1]
+            prices[r, 0, j] = mat[r, 4 * j + 2]
+            sizes[r, 0, j] = mat[r, 4 * j + 3]
+
+
+@njit(cache=True)
+def _check_book(prices, sizes):
+    """First problem of a (N, 2, L) book as (row, side, level, code); code 0 when none (see _BOOK_PROBLEMS)."""
+    N, L = prices.shape[0], prices.shape[2]
+    for r in range(N):
+        for s in range(2):
+            prev_real = True
+            for j in range(L):
+                p = prices[r, s, j]
+                q = sizes[r, s, j]
+                if (s == 0 and p == EMPTY_ASK) or (s == 1 and p == EMPTY_BID):
+                    return r, s, j, 1
+                real = p != EMPTY_ASK and p != EMPTY_BID
+                if not real:
+                    if q != 0:
+                        return r, s, j, 2
+                    prev_real = False
+                    continue
+                if q <= 0:
+                    return r, s, j, 3
+                if p <= 0:
+                    return r, s, j, 4
+                if j > 0 and (not prev_real or (s == 1 and p <= prices[r, s, j - 1]) or
+                              (s == 0 and p >= prices[r, s, j - 1])):
+                    return r, s, j - 1, 5
+        b, a = prices[r, 0, 0], prices[r, 1, 0]
+        if b != EMPTY_BID and a != EMPTY_ASK and b >= a:
+            return r, 0, 0, 6
+    return -1, -1, -1, 0
+
+
 def validate_book(name: str, prices: np.ndarray, sizes: np.ndarray) -> None:
-    """Check a (N, 2, L) book: dummies on the right side with size 0, real sizes > 0, ladders in order, no cross."""
-    bid_p, ask_p = prices[:, 0, :], prices[:, 1, :]
-    bid_s, ask_s = sizes[:, 0, :], sizes[:, 1, :]
-    wrong_dummy = (bid_p == EMPTY_ASK) | (ask_p == EMPTY_BID)
-    if wrong_dummy.any():
-        raise _bad_row(name, wrong_dummy.any(axis=1), "dummy price of the other side (+9999999999 on the bid or "
-                                                      "-9999999999 on the ask)")
-    for side, p, s in (("bid", bid_p, bid_s), ("ask", ask_p, ask_s)):
-        real = level_mask(p)
-        bad = ~real & (s != 0)
-        if bad.any():
-            r = int(np.flatnonzero(bad.any(axis=1))[0])
-            j = int(np.flatnonzero(bad[r])[0])
-            raise LobsterFormatError(f"{name}: row {r + 1}: {side} level {j + 1} has a dummy price with non-zero "
-                                     f"size {int(s[r, j])}")
-        bad = real & (s <= 0)
-        if bad.any():
-            r = int(np.flatnonzero(bad.any(axis=1))[0])
-            j = int(np.flatnonzero(bad[r])[0])
-            raise LobsterFormatError(f"{name}: row {r + 1}: {side} level {j + 1} at price {int(p[r, j])} has "
-                                     f"non-positive size {int(s[r, j])}")
-        bad = real & (p <= 0)
-        if bad.any():
-            r = int(np.flatnonzero(bad.any(axis=1))[0])
-            raise LobsterFormatError(f"{name}: row {r + 1}: {side} has a non-positive price")
-        if p.shape[1] > 1:
-            step = np.diff(p, axis=1)
-            in_order = step > 0 if side == "ask" else step < 0
-            # consecutive real levels must move away from the spread; a dummy can only be followed by a dummy
-            ok = np.where(real[:, 1:], real[:, :-1] & in_order, True)
-            if not ok.all():
-                r = int(np.flatnonzero(~ok.all(axis=1))[0])
-                j = int(np.flatnonzero(~ok[r])[0])
-                want = "increasing" if side == "ask" else "decreasing"
-                raise LobsterFormatError(
-                    f"{name}: row {r + 1}: {side} ladder out of order at levels {j + 1}-{j + 2} "
-                    f"({int(p[r, j])}, {int(p[r, j + 1])}); prices must be strictly {want} over real levels")
-    both = level_mask(bid_p[:, 0]) & level_mask(ask_p[:, 0])
-    crossed = both & (bid_p[:, 0] >= ask_p[:, 0])
-    if crossed.any():
-        raise _bad_row(name, crossed, lambda i: f"crossed book: best bid {int(bid_p[i, 0])} >= best ask "
-                                                f"{int(ask_p[i, 0])}")
+    """Check a (N, 2, L) book: dummies on their own side with size 0, real levels with positive size and price,
+    ladders strictly monotone over real levels (dummies only after them), no crossed book. Raises
+    LobsterFormatError naming the first bad row (1-based)."""
+    r, s, j, code = _check_book(np.ascontiguousarray(prices, np.int64), np.ascontiguousarray(sizes, np.int64))
+    if code == 0:
+        return
+    side = ("bid", "ask")[s]
+    p, q = int(prices[r, s, j]), int(sizes[r, s, j])
+    if code == 5:
+        want = "increasing" if side == "ask" else "decreasing"
+        problem = (f"{side} ladder out of order at levels {j + 1}-{j + 2} ({p}, {int(prices[r, s, j + 1])}); "
+                   f"prices must be strictly {want} over real levels, dummies only after them")
+    elif code == 6:
+        problem = f"crossed book: best bid {int(prices[r, 0, 0])} >= best ask {int(prices[r, 1, 0])}"
+    elif code == 2:
+        problem = f"{side} level {j + 1} has a dummy price with non-zero size {q}"
+    else:
+        problem = f"{side} level {j + 1} (price {p}, size {q}) {_BOOK_PROBLEMS[code]}"
+    raise LobsterFormatError(f"{name}: row {r + 1}: {problem}")
 
 
 def parse_day(src_message: str, message_bytes: bytes, src_orderbook: str, orderbook_bytes: bytes,
               ticker: str, date: str, levels: int | None) -> LobsterDay:
     """Parse and validate the two files' bytes into a LobsterDay (no cache)."""
-    t, et, oid, size, price, direction = _read_csv(src_message, message_bytes, 6, (0,))
-    ob_cols = _read_csv(src_orderbook, orderbook_bytes, None, ())
-    ncols = len(ob_cols)
+    msg, t = _read_csv(src_message, message_bytes, 6, (0,))
+    ob, _ = _read_csv(src_orderbook, orderbook_bytes, None, ())
+    ncols = ob.shape[1]
     if ncols % 4:
         raise LobsterFormatError(f"{src_orderbook}: row 1: {ncols} columns is not a multiple of 4 "
                                  "(ask price, ask size, bid price, bid size per level)")
@@ -376,16 +511,15 @@ def parse_day(src_message: str, message_bytes: bytes, src_orderbook: str, orderb
     if levels is not None and levels != L:
         raise LobsterFormatError(f"{src_orderbook}: row 1: file name says {levels} levels but the file has {ncols} "
                                  f"columns = {L} levels")
-    n_msg, n_ob = t.shape[0], ob_cols[0].shape[0]
+    n_msg, n_ob = msg.shape[0], ob.shape[0]
     if n_msg != n_ob:
         raise LobsterFormatError(f"{src_orderbook}: row {min(n_msg, n_ob) + 1}: row-count mismatch: message file has "
                                  f"{n_msg} rows, orderbook file has {n_ob}")
+    et, oid, size, price, direction = (msg[:, i] for i in range(1, 6))
     _validate_messages(src_message, t, et, size, direction)
     book_prices = np.empty((n_ob, 2, L), np.int64)
     book_sizes = np.empty((n_ob, 2, L), np.int64)
-    for j in range(L):  # LOBSTER columns per level: ask price, ask size, bid price, bid size
-        book_prices[:, 1, j], book_sizes[:, 1, j] = ob_cols[4 * j], ob_cols[4 * j + 1]
-        book_prices[:, 0, j], book_sizes[:, 0, j] = ob_cols[4 * j + 2], ob_cols[4 * j + 3]
+    _split_book(ob, book_prices, book_sizes)
     validate_book(src_orderbook, book_prices, book_sizes)
     return LobsterDay(
         ticker=ticker, date=date, levels=L, source=src_message,
@@ -405,17 +539,27 @@ def load_day(
 
     With ``use_cache`` the parsed day is stored as parquet under ``cache_dir`` (default ``$ADVSIM_CACHE`` or
     ``~/.cache/advsim``), keyed by a blake2b hash of both files' bytes, so a second load skips parsing.
+    A small memo maps (absolute path, size, mtime in ns) of the source files to that key, so loading unchanged
+    files skips reading and hashing them too (a file rewritten with the same size within the same mtime
+    would be missed: pass ``use_cache=False`` or clear the cache after editing files in place that fast).
     """
     from data_loaders import lobster_cache
 
-    src = _read_source(path, orderbook_path)
-    key = lobster_cache.content_key(src.message_bytes, src.orderbook_bytes) if use_cache else None
+    src = _resolve_source(path, orderbook_path)
+    if not use_cache:
+        mb, ob = src.read()
+        return parse_day(src.message_name, mb, src.orderbook_name, ob, src.ticker, src.date, src.levels)
+    stat_id = src.stat_id()
+    key = lobster_cache.key_for_stat(stat_id, cache_dir)  # unchanged files: skip reading and hashing
     if key is not None:
         day = lobster_cache.read(key, cache_dir)
         if day is not None:
             return dataclasses.replace(day, source=src.message_name)
-    day = parse_day(src.message_name, src.message_bytes, src.orderbook_name, src.orderbook_bytes,
-                    src.ticker, src.date, src.levels)
-    if key is not None:
+    mb, ob = src.read()
+    key = lobster_cache.content_key(mb, ob)
+    day = lobster_cache.read(key, cache_dir)
+    if day is None:
+        day = parse_day(src.message_name, mb, src.orderbook_name, ob, src.ticker, src.date, src.levels)
         lobster_cache.write(key, day, cache_dir)
-    return day
+    lobster_cache.remember_stat(stat_id, key, cache_dir)
+    return dataclasses.replace(day, source=src.message_name)

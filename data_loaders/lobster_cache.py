@@ -1,8 +1,8 @@
 """Parquet cache of parsed LOBSTER days, keyed by a blake2b hash of the source files' bytes.
 
-One file per day: ``<cache_dir>/lobster/<key>.parquet`` with the six message columns and the book as two
+One file per day: ``<cache_dir>/lobster/<key>.parquet`` (zstd) with the six message columns and the book as two
 fixed-size-list columns (2*L int64 per row, side-major). Written atomically; an unreadable entry is ignored
-and rebuilt.
+and rebuilt. ``<cache_dir>/lobster/stat/`` remembers the key of unchanged files (path, size, mtime).
 """
 
 from __future__ import annotations
@@ -34,6 +34,28 @@ def content_key(message_bytes: bytes, orderbook_bytes: bytes) -> str:
     return h.hexdigest()
 
 
+def _stat_path(stat_id: str, cache_dir: str | os.PathLike | None) -> Path:
+    h = hashlib.blake2b(stat_id.encode("utf-8"), digest_size=16).hexdigest()
+    return Path(cache_dir or default_cache_dir()) / "lobster" / "stat" / f"{h}.key"
+
+
+def key_for_stat(stat_id: str, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The content key remembered for these files' (path, size, mtime), or None."""
+    p = _stat_path(stat_id, cache_dir)
+    try:
+        stored_id, key = p.read_text(encoding="utf-8").rsplit("\n", 1)
+    except (OSError, ValueError):
+        return None
+    return key if stored_id == stat_id and len(key) == 40 else None
+
+
+def remember_stat(stat_id: str, key: str, cache_dir: str | os.PathLike | None = None) -> None:
+    """Record that files with this (path, size, mtime) have content key ``key``."""
+    from data_loaders.rundir import atomic_write_text
+
+    atomic_write_text(_stat_path(stat_id, cache_dir), f"{stat_id}\n{key}")
+
+
 def cache_path(key: str, cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()) / "lobster" / f"{key}.parquet"
 
@@ -55,7 +77,7 @@ def write(key: str, day, cache_dir: str | os.PathLike | None = None) -> Path:
             "format": CACHE_FORMAT.decode()}
     table = pa.table(cols).replace_schema_metadata(meta)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="lz4")
+    pq.write_table(table, buf, compression="zstd")
     return atomic_write_bytes(cache_path(key, cache_dir), buf.getvalue())
 
 

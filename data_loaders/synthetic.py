@@ -172,6 +172,10 @@ def simulate_raw(
     ip[eng.I_LOT] = cfg.lot
     ip[eng.I_SPAN] = max(20_000, 40 * cfg.max_distance)
     ip[eng.I_FIRST_ID] = 10_000_000
+    # about one message per limit order and per cancellation, a few per market order, for the whole session
+    seconds = (end_ms - SESSION_START_MS) / 1000
+    cap = int(seconds * (4 * cfg.limit_rate + 4 * cfg.market_rate + cfg.hidden_rate) * 1.1) + 1024
+    ip[eng.I_OUT_CAP] = cap
 
     d = np.arange(0, cfg.max_distance + 2, dtype=np.float64)
     theta = cfg.cancel_rate * np.maximum(d, 1.0) ** -cfg.cancel_beta
@@ -196,6 +200,8 @@ def simulate_raw(
         _lots_cum(cfg.size_alpha, cfg.max_lots),
         _lots_cum(cfg.market_size_alpha, cfg.market_max_lots),
     )
+    if msgs.shape[0] < cap // 2:  # give back an oversized buffer
+        msgs, book = msgs.copy(), book.copy()
     return msgs, book, int(n_events)
 
 

@@ -39,7 +39,8 @@ I_EMIT_ALL = 6  # 1: emit every event, 0: only events touching the top-L window 
 I_LOT = 7
 I_SPAN = 8  # half-width of the tick grid
 I_FIRST_ID = 9
-N_IP = 10
+I_OUT_CAP = 10  # initial capacity of the output arrays (they grow by doubling when it is too small)
+N_IP = 11
 
 
 @njit(cache=True)
@@ -80,7 +81,7 @@ def _in_window(qty: np.ndarray, best: np.ndarray, s: int, p: int, levels: int) -
     while (i - p) * step < 0:  # i strictly better than p
         if qty[s, i] > 0:
             count += 1
-            if count > levels:
+            if count >= levels:
                 return False
         i += step
     return True
@@ -109,6 +110,57 @@ def _write_row(book: np.ndarray, row: int, qty: np.ndarray, best: np.ndarray, le
 
 
 @njit(cache=True)
+def _update_row(
+    book: np.ndarray, row: int, qty: np.ndarray, best: np.ndarray, levels: int, lo: int, tick: int, s: int, p: int
+) -> None:
+    """``book[row]`` after an event at grid index ``p`` on side ``s`` (``s < 0``: nothing visible changed).
+
+    The previous row is the top-L book just before the event (events outside the window never change it), so
+    the row is copied and only side ``s`` is touched: a size update in place, or a rescan of that side when a
+    level appeared or vanished.
+    """
+    if row == 0:
+        _write_row(book, row, qty, best, levels, lo, tick)
+        return
+    book[row, :] = book[row - 1, :]
+    if s < 0:
+        return
+    col = 0 if s == 1 else 2
+    price = (p + lo) * tick
+    if qty[s, p] > 0:
+        for j in range(levels):
+            if book[row, 4 * j + col] == price:
+                book[row, 4 * j + col + 1] = qty[s, p]
+                return
+    n = qty.shape[1]
+    step = -1 if s == 0 else 1
+    i = best[s]
+    k = 0
+    if i >= 0:
+        while k < levels and 0 <= i < n:
+            if qty[s, i] > 0:
+                book[row, 4 * k + col] = (i + lo) * tick
+                book[row, 4 * k + col + 1] = qty[s, i]
+                k += 1
+            i += step
+    while k < levels:
+        book[row, 4 * k + col] = EMPTY_ASK if s == 1 else EMPTY_BID
+        book[row, 4 * k + col + 1] = 0
+        k += 1
+
+
+@njit(cache=True)
+def _grow(msgs: np.ndarray, book: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Output buffers of twice the rows, holding the old rows first."""
+    n = msgs.shape[0]
+    m2 = np.empty((2 * n, msgs.shape[1]), np.int64)
+    b2 = np.empty((2 * n, book.shape[1]), np.int64)
+    m2[:n] = msgs
+    b2[:n] = book
+    return m2, b2
+
+
+@njit(cache=True)
 def simulate_events(
     seed: int,
     ip: np.ndarray,
@@ -119,6 +171,8 @@ def simulate_events(
     mo_size_cum: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Run the event loop; return (msgs (N, 6) int64, book (N, 4L) int64, number of book events).
+
+    The arrays returned are the first N rows of the output buffers (``ip[I_OUT_CAP]`` rows to start with).
 
     Book events are accepted limit orders, market orders, cancellations and hidden executions, warm-up and
     unseen deep events included (rejected thinning candidates and regime switches are not counted).
@@ -159,9 +213,9 @@ def simulate_events(
     n_free = cap
     n_live = 0
 
-    out_cap = 1 << 16
-    msgs = np.zeros((out_cap, 6), np.int64)
-    book = np.zeros((out_cap, 4 * levels), np.int64)
+    out_cap = max(1024, ip[I_OUT_CAP])
+    msgs = np.empty((out_cap, 6), np.int64)
+    book = np.empty((out_cap, 4 * levels), np.int64)
     n_out = 0
     n_events = 0
 
@@ -226,8 +280,7 @@ def simulate_events(
                 last_best[s] = p
             if show:
                 if n_out >= out_cap:
-                    msgs = np.concatenate((msgs, np.zeros((out_cap, 6), np.int64)))
-                    book = np.concatenate((book, np.zeros((out_cap, 4 * levels), np.int64)))
+                    msgs, book = _grow(msgs, book)
                     out_cap *= 2
                 msgs[n_out, 0] = t
                 msgs[n_out, 1] = 1
@@ -235,7 +288,7 @@ def simulate_events(
                 msgs[n_out, 3] = size
                 msgs[n_out, 4] = (p + lo) * tick
                 msgs[n_out, 5] = 1 if s == 0 else -1
-                _write_row(book, n_out, qty, best, levels, lo, tick)
+                _update_row(book, n_out, qty, best, levels, lo, tick, s, p)
                 n_out += 1
             continue
         u -= 2.0 * limit_rate
@@ -256,8 +309,7 @@ def simulate_events(
                 qty[s, p] -= x
                 if emitting:
                     if n_out >= out_cap:
-                        msgs = np.concatenate((msgs, np.zeros((out_cap, 6), np.int64)))
-                        book = np.concatenate((book, np.zeros((out_cap, 4 * levels), np.int64)))
+                        msgs, book = _grow(msgs, book)
                         out_cap *= 2
                     msgs[n_out, 0] = t
                     msgs[n_out, 1] = 4
@@ -285,7 +337,7 @@ def simulate_events(
                         if best[s] >= 0:
                             last_best[s] = best[s]
                 if emitting:
-                    _write_row(book, n_out, qty, best, levels, lo, tick)
+                    _update_row(book, n_out, qty, best, levels, lo, tick, s, p)
                     n_out += 1
             continue
         u -= market_rate
@@ -301,8 +353,7 @@ def simulate_events(
             else:
                 p = best[1] if buy else best[0]
             if n_out >= out_cap:
-                msgs = np.concatenate((msgs, np.zeros((out_cap, 6), np.int64)))
-                book = np.concatenate((book, np.zeros((out_cap, 4 * levels), np.int64)))
+                msgs, book = _grow(msgs, book)
                 out_cap *= 2
             msgs[n_out, 0] = t
             msgs[n_out, 1] = 5
@@ -310,7 +361,7 @@ def simulate_events(
             msgs[n_out, 3] = lot * (_draw(size_cum) + 1)
             msgs[n_out, 4] = (p + lo) * tick
             msgs[n_out, 5] = -1 if buy else 1  # the hidden resting order's direction
-            _write_row(book, n_out, qty, best, levels, lo, tick)
+            _update_row(book, n_out, qty, best, levels, lo, tick, -1, 0)
             n_out += 1
             continue
         u -= hidden_rate
@@ -367,8 +418,7 @@ def simulate_events(
                     last_best[s] = best[s]
         if show:
             if n_out >= out_cap:
-                msgs = np.concatenate((msgs, np.zeros((out_cap, 6), np.int64)))
-                book = np.concatenate((book, np.zeros((out_cap, 4 * levels), np.int64)))
+                msgs, book = _grow(msgs, book)
                 out_cap *= 2
             msgs[n_out, 0] = t
             msgs[n_out, 1] = typ
@@ -376,9 +426,9 @@ def simulate_events(
             msgs[n_out, 3] = x
             msgs[n_out, 4] = (p + lo) * tick
             msgs[n_out, 5] = 1 if s == 0 else -1
-            _write_row(book, n_out, qty, best, levels, lo, tick)
+            _update_row(book, n_out, qty, best, levels, lo, tick, s, p)
             n_out += 1
-    return msgs[:n_out].copy(), book[:n_out].copy(), n_events
+    return msgs[:n_out], book[:n_out], n_events
 
 
 @njit(cache=True)

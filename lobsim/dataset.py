@@ -93,7 +93,9 @@ class Market:
         W, H = self.window, self.horizon
         for i, bk in enumerate(self.books):
             if abs(bk.dt - self.features.dt) > 1e-12:
-                raise ValueError(f"Market: day {i} ({bk.ticker} {bk.date}) has dt={bk.dt}, features say {self.features.dt}")
+                raise ValueError(
+                    f"Market: day {i} ({bk.ticker} {bk.date}) has dt={bk.dt}, features say {self.features.dt}"
+                )
             if bk.levels != self.books[0].levels:
                 raise ValueError(f"Market: day {i} has {bk.levels} levels, day 0 has {self.books[0].levels}")
         # The per-day SWA series, computed once (float64 dollars).
@@ -110,7 +112,7 @@ class Market:
         self.split, self.train_fraction = split, train_fraction
         self.gap = W + H if gap is None else int(gap)
         if self.gap < W + H:
-            raise ValueError(f"Market: gap {self.gap} is shorter than window + horizon = {W + H} (the split needs at least that)")
+            raise ValueError(f"Market: gap {self.gap} is shorter than window + horizon = {W + H} (the minimum)")
         if split == "day":
             n = len(self.books)
             if n < 2:
@@ -155,12 +157,14 @@ class Market:
     ) -> Market:
         """Load and resample each day (first trading hour by default: 09:30-10:30 if covered, else all of it).
 
-        Each path is whatever ``data_loaders.lobster.load_day`` accepts (a message file, a folder, a zip).
-        Days are ordered as given; pass them in date order so that the day split trains on the past.
+        Each path is whatever ``data_loaders.lobster.load_day`` accepts (a message file, a one-day folder, a
+        one-day zip) or a folder of several days (expanded in date order). Days are kept in the order given;
+        pass them in date order so that the day split trains on the past and tests on the future.
         """
         from data_loaders.lobster import load_day
         from lobsim.book import resample
 
+        paths = expand_day_paths(paths)
         features = features or FeatureConfig(dt=dt)
         if abs(features.dt - dt) > 1e-12:
             raise ValueError(f"Market.from_paths: dt={dt} disagrees with features.dt={features.dt}")
@@ -276,6 +280,25 @@ class Market:
         if start.size and (start.min() < 0 or start.max() + span > T):
             raise ValueError(f"Market: a snippet of day {d} leaves the day: starts {start.min()}..{start.max()}, "
                              f"span {span}, T={T}")
+
+
+def expand_day_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Replace each folder holding several LOBSTER days by their message files, sorted by (date, ticker)."""
+    from pathlib import Path
+
+    from data_loaders.lobster import find_days
+
+    out: list[str] = []
+    for p in paths:
+        if Path(p).is_dir():
+            pairs = find_days(p)
+            if len(pairs) > 1:
+                out += [pr.message for pr in sorted(pairs, key=lambda pr: (pr.date, pr.ticker))]
+                continue
+        out.append(str(p))
+    if not out:
+        raise ValueError("Market.from_paths: no data paths given")
+    return out
 
 
 def session_window(times: np.ndarray, start: float | None, end: float | None) -> tuple[float, float]:

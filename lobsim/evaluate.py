@@ -96,3 +96,66 @@ def evaluate(
                                                  "model": trained.config.model.resolved().to_dict(),
                                                  "days": [{"ticker": b.ticker, "date": b.date} for b in market.books]})
     return result
+
+
+_KIND_TITLES = {"linear": "Linear", "mlp": "MLP", "lstm": "LSTM"}
+
+
+def accuracy_table(runs: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Table 3.1 layout (rows tickers, columns models, cells ``acc (+-se)`` in %) from run records.
+
+    Each record: ``{"run": path, "ticker": str, "kind": str, "preset": str, "eval": EvalResult dict}``.
+    Returns the markdown and the JSON rows (one per run). Two runs for one cell are an error.
+    """
+    presets = {r["preset"] for r in runs}
+
+    def column(r: dict[str, Any]) -> str:
+        title = _KIND_TITLES.get(r["kind"], r["kind"])
+        return title if len(presets) == 1 else f"{title} ({r['preset']})"
+
+    order = {k: i for i, k in enumerate(_KIND_TITLES)}
+    cols = sorted({(order.get(r["kind"], 9), r["preset"], column(r)) for r in runs})
+    columns = list(dict.fromkeys(c for *_, c in cols))
+    tickers = list(dict.fromkeys(r["ticker"] for r in runs))
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in runs:
+        key = (r["ticker"], column(r))
+        if key in cells:
+            raise ValueError(f"table: runs {cells[key]['run']} and {r['run']} both fill {key[0]} / {key[1]}")
+        cells[key] = r
+    lines = ["| Ticker | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for t in tickers:
+        row = []
+        for c in columns:
+            r = cells.get((t, c))
+            row.append("-" if r is None else f"{100 * r['eval']['accuracy']:.2f} (±{100 * r['eval']['stderr']:.2f})")
+        lines.append(f"| {t} | " + " | ".join(row) + " |")
+    n = sorted({r["eval"]["n"] for r in runs})
+    lines.append("")
+    lines.append(f"Test accuracy in % (± one standard error) on {', '.join(map(str, n))} test snippets; chance 33.33%.")
+    records = [
+        {"ticker": r["ticker"], "model": column(r), "kind": r["kind"], "preset": r["preset"], "run": str(r["run"]),
+         "accuracy": r["eval"]["accuracy"], "stderr": r["eval"]["stderr"], "n": r["eval"]["n"],
+         "majority_accuracy": r["eval"]["majority_accuracy"]}
+        for r in runs
+    ]
+    return "\n".join(lines) + "\n", records
+
+
+def run_record(run_dir: str | Path) -> dict[str, Any]:
+    """The table record of a finished run directory (model.json + metrics.json)."""
+    from data_loaders.rundir import read_json
+
+    run_dir = Path(run_dir)
+    for name in ("model.json", "metrics.json"):
+        if not (run_dir / name).is_file():
+            hint = "train it first" if name == "model.json" else "run `advsim lob evaluate` on it first"
+            raise FileNotFoundError(f"{run_dir / name}: missing ({hint})")
+    meta, metrics = read_json(run_dir / "model.json"), read_json(run_dir / "metrics.json")
+    try:
+        days = metrics.get("days") or meta["info"]["market"]["days"]
+        ticker = "/".join(dict.fromkeys(d["ticker"] for d in days))
+        return {"run": str(run_dir), "ticker": ticker, "kind": meta["model"]["kind"],
+                "preset": meta["model"]["preset"], "eval": metrics["eval"]}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{run_dir}: model.json / metrics.json lack a field the table needs: {exc}") from exc

@@ -69,7 +69,7 @@ class ModelConfig:
         if out.pool < 1 or out.pool > out.window:
             raise ValueError(f"ModelConfig: pool must be in [1, window={out.window}], got {out.pool}")
         if out.kind == "lstm" and (len(out.hidden) != 1 or out.layers < 1):
-            raise ValueError(f"ModelConfig: an LSTM needs hidden=[size] and layers >= 1, got {out.hidden}, {out.layers}")
+            raise ValueError(f"ModelConfig: an LSTM needs hidden=[size] and layers >= 1, got {out.hidden} {out.layers}")
         return out
 
     def to_dict(self) -> dict[str, Any]:

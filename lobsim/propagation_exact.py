@@ -76,21 +76,48 @@ class Propagation:
 
 
 def check_orders(orders: np.ndarray, batch: SnippetBatch) -> np.ndarray:
-    """Validate integer orders against the batch; returns them as contiguous int64."""
+    """Validate integer orders against the batch; returns them as contiguous int64.
+
+    Errors name the first bad entry: negative orders, or orders at an empty (masked) level.
+    """
     orders = np.asarray(orders)
     if orders.shape != batch.prices.shape:
         raise ValueError(f"orders have shape {orders.shape}, the batch's prices {batch.prices.shape}")
     if not np.issubdtype(orders.dtype, np.integer):
         raise ValueError(f"orders must be integer shares, got dtype {orders.dtype}")
-    neg = np.argwhere(orders < 0)
-    if len(neg):
-        b, t, s, j = neg[0]
-        raise ValueError(f"negative order {orders[b, t, s, j]} at snippet {b}, step {t}, side {s}, level {j}")
-    bad = np.argwhere((orders != 0) & ~level_mask(batch.prices))
+    orders = np.ascontiguousarray(orders, dtype=np.int64)
+    prices = np.ascontiguousarray(batch.prices, dtype=np.int64)
+    err = np.full((orders.shape[0], 4), -1, np.int64)
+    with numba_threads_for(orders.size):
+        _find_bad_orders(orders, prices, err)
+    bad = np.flatnonzero(err[:, 0] >= 0)
     if len(bad):
-        b, t, s, j = bad[0]
+        b = int(bad[0])
+        t, s, j, code = (int(v) for v in err[b])
+        if code == 1:
+            raise ValueError(f"negative order {orders[b, t, s, j]} at snippet {b}, step {t}, side {s}, level {j}")
         raise ValueError(f"order at an empty (masked) level: snippet {b}, step {t}, side {s}, level {j}")
-    return np.ascontiguousarray(orders, dtype=np.int64)
+    return orders
+
+
+@njit(cache=True, parallel=True)
+def _find_bad_orders(orders, prices, err):
+    """err[b] = (t, s, j, 1 negative / 2 at a masked level) of snippet b's first bad order."""
+    B, W, _, L = orders.shape
+    for b in prange(B):
+        for t in range(W):
+            for s in range(2):
+                for j in range(L):
+                    a = orders[b, t, s, j]
+                    if a == 0:
+                        continue
+                    v = prices[b, t, s, j]
+                    code = 1 if a < 0 else (2 if v == 9999999999 or v == -9999999999 else 0)
+                    if code > 0 and err[b, 0] < 0:
+                        err[b, 0] = t
+                        err[b, 1] = s
+                        err[b, 2] = j
+                        err[b, 3] = code
 
 
 def check_executions(batch: SnippetBatch) -> None:
@@ -119,7 +146,15 @@ def _side_keys(p: np.ndarray, s: int) -> np.ndarray:
             v = p[t, s, j]
             if v == 9999999999 or v == -9999999999:
                 continue
-            if t == 0 or v != p[t - 1, s, j]:
+            if t > 0 and v == p[t - 1, s, j]:
+                continue
+            seen = False
+            if t > 0:  # a level shift reuses the previous snapshot's prices: keep only new ones
+                for i in range(L):
+                    if p[t - 1, s, i] == v:
+                        seen = True
+                        break
+            if not seen:
                 cand[n] = v
                 n += 1
     c = np.sort(cand[:n])
@@ -175,11 +210,14 @@ def _touch_kernel(orders, prices, exec_ptr, exec_side, exec_price, exec_hidden, 
                     if v != cur_price[s, j]:
                         cur_price[s, j] = v
                         cur_key[s, j] = _lookup(keys0, v) if s == 0 else _lookup(keys1, v) + k0
-                    resting[cur_key[s, j]] += orders[b, t, s, j]
+                    a = orders[b, t, s, j]
+                    if a != 0:
+                        resting[cur_key[s, j]] += a
             for s in range(2):
                 for j in range(L):
                     v = p[t, s, j]
                     if v == 9999999999 or v == -9999999999:
+                        delta[b, t, s, j] = 0
                         continue
                     delta[b, t, s, j] = resting[cur_key[s, j]]
 
@@ -272,6 +310,7 @@ def _queue_kernel(orders, prices, sizes, exec_ptr, exec_side, exec_price, exec_v
                 for j in range(L):
                     v = p[t, s, j]
                     if v == 9999999999 or v == -9999999999:
+                        delta[b, t, s, j] = 0
                         continue
                     delta[b, t, s, j] = resting[cur_key[s, j]]
 
@@ -290,7 +329,7 @@ def propagate(
     price = np.ascontiguousarray(batch.exec_price, dtype=np.int64)
     hidden = np.ascontiguousarray(batch.exec_hidden, dtype=np.bool_)
     E = side.shape[0]
-    delta = np.zeros(prices.shape, np.int64)
+    delta = np.empty(prices.shape, np.int64)
     fill_snippet = np.zeros(E, np.int64)
     fill_step = np.zeros(E, np.int64)
     fill_shares = np.zeros(E, np.int64)

@@ -6,9 +6,11 @@ Per snippet, every real level entry (t, s, j) belongs to a key (s, prices[t, s, 
 The sort order (``perm``) and segment starts depend only on the clean book, so they are built once per batch.
 Forward = segmented cumsum in sorted order; backward = the reverse segmented cumsum (the adjoint).
 
-Backends: ``"numba"`` (CPU, Numba kernels inside a ``torch.autograd.Function``) and ``"torch"`` (pure torch
-gather / cumsum / scatter; runs on any device, the readable reference). ``"auto"`` picks Numba on the CPU and
-torch elsewhere. Orders at masked (empty) levels are ignored (zeroed); their delta is 0.
+Backends: ``"numba"`` (CPU, Numba kernels inside a ``torch.autograd.Function``; they walk time in order with one
+running sum per key, zeroed at the key's executions, which reads memory sequentially) and ``"torch"`` (the sorted
+segmented cumsum as pure torch gather / cumsum / scatter; runs on any device, the readable reference).
+``"auto"`` picks Numba on the CPU and torch elsewhere. Orders at masked (empty) levels are ignored (zeroed);
+their delta is 0.
 """
 
 from __future__ import annotations
@@ -105,29 +107,87 @@ def _touch_structure(prices, exec_ptr, exec_side, exec_price, exec_hidden, inclu
 
 
 @njit(cache=True, parallel=True)
-def _seg_cumsum(x, perm, start, n_real, out):
-    """out[perm[i]] = sum of x[perm[k]] from the segment start to i (real entries only; out pre-zeroed)."""
-    for b in prange(x.shape[0]):
-        acc = 0.0
-        for i in range(n_real[b]):
-            q = perm[b, i]
-            if start[b, i]:
-                acc = 0.0
-            acc += x[b, q]
-            out[b, q] = acc
+def _touch_keys(prices, exec_ptr, exec_side, exec_price, exec_hidden, include_hidden, key, reset_key, n_keys, dup):
+    """Time-major structure: key (B, W*2*L) int32 (-1 masked), reset_key (E,) int32 (the key an execution resets,
+    -1 when none), n_keys (B,), dup (B, 3) as in :func:`_touch_structure`."""
+    B, W, _, L = prices.shape
+    for b in prange(B):
+        p = prices[b]
+        keys0 = _side_keys(p, 0)
+        keys1 = _side_keys(p, 1)
+        k0 = keys0.shape[0]
+        K = k0 + keys1.shape[0]
+        n_keys[b] = K
+        last_t = np.full(K, -1, np.int64)
+        cur_price = np.full((2, L), -1, np.int64)
+        cur_key = np.full((2, L), -1, np.int64)
+        dup[b, 0] = -1
+        for t in range(W):
+            for e in range(exec_ptr[b, t], exec_ptr[b, t + 1]):
+                k = -1
+                if include_hidden or not exec_hidden[e]:
+                    if exec_side[e] == 0:
+                        k = _lookup(keys0, exec_price[e])
+                    else:
+                        k = _lookup(keys1, exec_price[e])
+                        if k >= 0:
+                            k += k0
+                reset_key[e] = k
+            for s in range(2):
+                for j in range(L):
+                    q = (t * 2 + s) * L + j
+                    v = p[t, s, j]
+                    if v == 9999999999 or v == -9999999999:
+                        key[b, q] = -1
+                        continue
+                    if v != cur_price[s, j]:
+                        cur_price[s, j] = v
+                        cur_key[s, j] = _lookup(keys0, v) if s == 0 else _lookup(keys1, v) + k0
+                    k = cur_key[s, j]
+                    key[b, q] = k
+                    if last_t[k] == t and dup[b, 0] < 0:
+                        dup[b, 0] = t
+                        dup[b, 1] = s
+                        dup[b, 2] = j
+                    last_t[k] = t
 
 
 @njit(cache=True, parallel=True)
-def _seg_cumsum_rev(g, perm, start, n_real, out):
-    """The adjoint of :func:`_seg_cumsum`: out[perm[i]] = sum of g[perm[k]] from i to the segment end."""
-    for b in prange(g.shape[0]):
-        acc = 0.0
-        for i in range(n_real[b] - 1, -1, -1):
-            q = perm[b, i]
-            acc += g[b, q]
-            out[b, q] = acc
-            if start[b, i]:
-                acc = 0.0
+def _touch_forward(x, key, exec_ptr, reset_key, n_keys, out):
+    """out[t] = per-key running sum of x over time, zeroed at the key's executions (before step t's orders)."""
+    B, N = x.shape
+    M = N // (exec_ptr.shape[1] - 1)
+    for b in prange(B):
+        acc = np.zeros(n_keys[b], np.float64)
+        for t in range(exec_ptr.shape[1] - 1):
+            for e in range(exec_ptr[b, t], exec_ptr[b, t + 1]):
+                if reset_key[e] >= 0:
+                    acc[reset_key[e]] = 0.0
+            for q in range(t * M, (t + 1) * M):
+                if key[b, q] >= 0:
+                    acc[key[b, q]] += x[b, q]
+            for q in range(t * M, (t + 1) * M):
+                k = key[b, q]
+                out[b, q] = acc[k] if k >= 0 else 0.0
+
+
+@njit(cache=True, parallel=True)
+def _touch_backward(g, key, exec_ptr, reset_key, n_keys, out):
+    """The adjoint of :func:`_touch_forward`: the same sums backwards in time."""
+    B, N = g.shape
+    M = N // (exec_ptr.shape[1] - 1)
+    for b in prange(B):
+        acc = np.zeros(n_keys[b], np.float64)
+        for t in range(exec_ptr.shape[1] - 2, -1, -1):
+            for q in range(t * M, (t + 1) * M):
+                if key[b, q] >= 0:
+                    acc[key[b, q]] += g[b, q]
+            for q in range(t * M, (t + 1) * M):
+                k = key[b, q]
+                out[b, q] = acc[k] if k >= 0 else 0.0
+            for e in range(exec_ptr[b, t], exec_ptr[b, t + 1]):
+                if reset_key[e] >= 0:
+                    acc[reset_key[e]] = 0.0
 
 
 class _NumbaTouch(torch.autograd.Function):
@@ -135,18 +195,18 @@ class _NumbaTouch(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, op: TouchPropagator) -> torch.Tensor:
         ctx.op = op
         xf = x.detach().reshape(x.shape[0], -1).contiguous()
-        out = torch.zeros_like(xf)
+        out = torch.empty_like(xf)
         with numba_threads_for(xf.numel()):
-            _seg_cumsum(xf.numpy(), op._perm, op._start, op._n_real, out.numpy())
+            _touch_forward(xf.numpy(), op._key, op._exec_ptr, op._reset_key, op._n_keys, out.numpy())
         return out.view(x.shape)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         op = ctx.op
         gf = g.detach().reshape(g.shape[0], -1).contiguous()
-        out = torch.zeros_like(gf)
+        out = torch.empty_like(gf)
         with numba_threads_for(gf.numel()):
-            _seg_cumsum_rev(gf.numpy(), op._perm, op._start, op._n_real, out.numpy())
+            _touch_backward(gf.numpy(), op._key, op._exec_ptr, op._reset_key, op._n_keys, out.numpy())
         return out.view(g.shape), None
 
 
@@ -201,23 +261,34 @@ class TouchPropagator:
         self.accumulate_dtype = torch.float64
         B, W, _, L = batch.prices.shape
         N = W * 2 * L
-        perm = np.empty((B, N), np.int32)
-        start = np.empty((B, N), np.bool_)
-        n_real = np.empty(B, np.int64)
         dup = np.full((B, 3), -1, np.int64)
-        with numba_threads_for(B * N):
-            _touch_structure(np.ascontiguousarray(batch.prices, dtype=np.int64), np.ascontiguousarray(batch.exec_ptr),
-                         np.ascontiguousarray(batch.exec_side, dtype=np.int8),
-                         np.ascontiguousarray(batch.exec_price, dtype=np.int64),
-                         np.ascontiguousarray(batch.exec_hidden, dtype=np.bool_), bool(include_hidden), perm, start,
-                         n_real, dup)  # fmt: skip
+        args = (
+            np.ascontiguousarray(batch.prices, dtype=np.int64),
+            np.ascontiguousarray(batch.exec_ptr, dtype=np.int64),
+            np.ascontiguousarray(batch.exec_side, dtype=np.int8),
+            np.ascontiguousarray(batch.exec_price, dtype=np.int64),
+            np.ascontiguousarray(batch.exec_hidden, dtype=np.bool_),
+            bool(include_hidden),
+        )
+        if backend == "numba":
+            self._key = np.empty((B, N), np.int32)
+            self._reset_key = np.empty(args[2].shape[0], np.int32)
+            self._n_keys = np.empty(B, np.int64)
+            self._exec_ptr = args[1]
+            with numba_threads_for(B * N):
+                _touch_keys(*args, self._key, self._reset_key, self._n_keys, dup)
+        else:
+            self._perm = np.empty((B, N), np.int32)
+            self._start = np.empty((B, N), np.bool_)
+            self._n_real = np.empty(B, np.int64)
+            with numba_threads_for(B * N):
+                _touch_structure(*args, self._perm, self._start, self._n_real, dup)
         bad = np.flatnonzero(dup[:, 0] >= 0)
         if len(bad):
             b = int(bad[0])
             t, s, j = (int(v) for v in dup[b])
             raise ValueError(f"duplicate price {batch.prices[b, t, s, j]} on side {s} at snippet {b}, step {t} "
                              f"(level {j}): prices within a side must be distinct")  # fmt: skip
-        self._perm, self._start, self._n_real = perm, start, n_real
         self.mask = torch.as_tensor(level_mask(batch.prices), device=self.device)
         self._mask_flat = self.mask.reshape(B, N).to(dtype)
         if backend == "torch":
@@ -250,17 +321,27 @@ class TouchPropagator:
         return fn.apply(a, self)
 
     def select(self, index: np.ndarray | Sequence[int]) -> TouchPropagator:
-        """The operator for the snippets ``index`` (no recomputation of the structure)."""
-        index = np.asarray(index, dtype=np.int64)
+        """The operator for the snippets ``index`` (integer indices or a boolean mask; no recomputation)."""
+        if isinstance(index, torch.Tensor):
+            index = index.detach().cpu().numpy()
+        index = np.asarray(index)
+        index = np.flatnonzero(index) if index.dtype == np.bool_ else index.astype(np.int64)
         new = object.__new__(TouchPropagator)
         new.__dict__.update(self.__dict__)
         new.batch = self.batch.select(index)
-        new._perm = np.ascontiguousarray(self._perm[index])
-        new._start = np.ascontiguousarray(self._start[index])
-        new._n_real = np.ascontiguousarray(self._n_real[index])
+        if self.backend == "numba":
+            ptr = self._exec_ptr
+            new._key = np.ascontiguousarray(self._key[index])
+            new._n_keys = np.ascontiguousarray(self._n_keys[index])
+            new._exec_ptr = np.ascontiguousarray(new.batch.exec_ptr, dtype=np.int64)
+            parts = [self._reset_key[ptr[b, 0] : ptr[b, -1]] for b in index]
+            new._reset_key = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
         ti = torch.as_tensor(index, device=self.device)
         new.mask = self.mask[ti]
         new._mask_flat = self._mask_flat[ti]
         if self.backend == "torch":
+            new._perm = np.ascontiguousarray(self._perm[index])
+            new._start = np.ascontiguousarray(self._start[index])
+            new._n_real = np.ascontiguousarray(self._n_real[index])
             new._perm_t, new._first_t, new._last_t = self._perm_t[ti], self._first_t[ti], self._last_t[ti]
         return new

@@ -110,11 +110,10 @@ def fig_capital_curves(budgets: Sequence[float], curves: Mapping[str, Sequence[f
     """Accuracy-vs-capital curves (one line per model, log-scaled capital axis), clean accuracy dashed."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for i, (name, acc) in enumerate(curves.items()):
+    for name, acc in curves.items():
         line = ax.plot(budgets, 100 * np.asarray(acc, dtype=np.float64), "o-", ms=3, label=name)[0]
         if clean and name in clean:
             ax.axhline(100 * clean[name], ls="--", lw=0.8, color=line.get_color())
-        del i
     ax.axhline(100 / 3, color="k", lw=0.6, ls=":", label="chance")
     ax.set_xscale("log")
     ax.set_xlabel("capital budget ($)")

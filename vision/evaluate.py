@@ -125,7 +125,8 @@ def load_run_model(run_dir: str | Path, device: str = "cpu") -> tuple[nn.Module,
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"{run_dir / 'weights.safetensors'}: does not fit model {metrics['model_name']}: {exc}") from exc
+        wpath = run_dir / "weights.safetensors"
+        raise ValueError(f"{wpath}: does not fit model {metrics['model_name']}: {exc}") from exc
     return model.to(device).eval(), config
 
 
@@ -153,8 +154,8 @@ def evaluate_run(run_dir: str | Path, attack: str = "pgd", *, eps: float | str |
     if attack == "fgsm":
         steps, restarts = 1, 1
     record = {"attack": attack, "attack_repr": repr(atk), "norm": "union" if attack == "msd" else norm,
-              "eps": getattr(atk, "eps", eps_val), "steps": steps, "restarts": restarts, "dataset": ds_name, "root": ds_root,
-              "split": split, "source": data.source, "device": dev, **res}
+              "eps": getattr(atk, "eps", eps_val), "steps": steps, "restarts": restarts, "dataset": ds_name,
+              "root": ds_root, "split": split, "source": data.source, "device": dev, **res}
     tag = f"{attack}-{record['norm']}-{eps_val:.4g}" if attack != "msd" else f"msd-union-{msd_eps or 'default'}"
     write_json(Path(run_dir) / f"eval-{tag}.json", record)
     return record

@@ -62,6 +62,7 @@ class VisionTrainConfig:
     seed: int = 0
     device: str = "auto"
     channels_last: bool | None = None   # auto: on for CUDA
+    normalize: bool = True              # False: identity normalisation (mean 0, std 1), as in the MNIST fast-AT recipe
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,6 +111,10 @@ def train_run(cfg: VisionTrainConfig, out: str | Path, *, overwrite: bool = Fals
     test = load_images(cfg.dataset, cfg.root, "test") if cfg.n_test > 0 else None
     load_seconds = time.perf_counter() - t_load
     c = resolve_config(cfg, train_all)
+    in_ch, h, w = train_all.shape
+    num_classes = len(train_all.classes)
+    norm_stats = {} if c.normalize else {"mean": (0.0,) * in_ch, "std": (1.0,) * in_ch}
+    model = build_model(c.model, num_classes, in_ch, h, **norm_stats).to(device)  # fails before any file is written
     out = make_run_dir(out, c, overwrite=overwrite)
 
     gen = torch.Generator().manual_seed(c.seed)
@@ -120,9 +125,6 @@ def train_run(cfg: VisionTrainConfig, out: str | Path, *, overwrite: bool = Fals
         train = train.subset(slice(0, c.n_train))
     train, val = train.to(device), (val.to(device) if val is not None else None)
 
-    in_ch, h, w = train.shape
-    num_classes = len(train.classes)
-    model = build_model(c.model, num_classes, in_ch, h).to(device)
     channels_last = c.channels_last if c.channels_last is not None else device.startswith("cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -138,19 +138,29 @@ def capital_curve(records: Sequence[AttackRecord], budgets: Sequence[float]) -> 
     return np.array([np.mean(attacked & ~(success & (peak <= c))) for c in budgets])
 
 
-def summarize(records: Sequence[AttackRecord]) -> dict:
-    """A_test, A_adv and the means over successful attacks of capital, relative size and cost (Table 3.2)."""
-    ok = [r for r in records if r.success]
-    mean = (lambda xs: float(np.mean(xs)) if xs else float("nan"))
+def summarize(records: Sequence[AttackRecord], budget: float | None = None) -> dict:
+    """A_test, A_adv and the means over successful attacks of capital, relative size and cost (Table 3.2).
+
+    With ``budget``, a success counts only if its ``peak_capital <= budget`` (the result a run with that budget
+    would have given; see :func:`capital_curve`).
+    """
+    def won(r: AttackRecord) -> bool:
+        return r.success and (budget is None or r.peak_capital <= budget)
+
+    ok = [r for r in records if won(r)]
+    def mean(xs: list[float]) -> float:
+        return float(np.mean(xs)) if xs else float("nan")
+
     return {
         "n": len(records),
+        "budget": budget,
         "attacked": int(sum(r.attacked for r in records)),
         "successes": len(ok),
         "a_test": clean_accuracy(records),
-        "a_adv": adversarial_accuracy(records),
+        "a_adv": float(np.mean([r.attacked and not won(r) for r in records])) if records else float("nan"),
         "capital_mean": mean([r.capital for r in ok]),
         "size_mean": mean([r.relative_size for r in ok]),
         "cost_mean": mean([r.cost for r in ok]),
-        "iterations_mean": mean([r.iterations for r in records if r.attacked]),
+        "iterations_mean": mean([r.iterations for r in ok]),
         "status_counts": {s: int(sum(r.status == s for r in records)) for s in STATUSES},
     }

@@ -113,9 +113,9 @@ class UniversalAttack:
             opt.step()
             with torch.no_grad():
                 u.clamp_(min=0.0)
-            hist["loss"].append(float(loss))
-            hist["ce"].append(float(ce))
-            hist["size"].append(float(size))
+            hist["loss"].append(float(loss.detach()))
+            hist["ce"].append(float(ce.detach()))
+            hist["size"].append(float(size.detach()))
         cont = u.detach().cpu().numpy().astype(np.float64)
         pattern = np.floor(cont + self.r).astype(np.int64)
         return UniversalResult(pattern=pattern, continuous=cont, target=self.target, gamma=self.gamma, history=hist)

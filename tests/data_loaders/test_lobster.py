@@ -248,7 +248,8 @@ def test_error_nan_or_empty_cell(day_files):
 def test_error_row_count_mismatch(day_files):
     lines = day_files.read_text().splitlines()
     day_files.write_text("\n".join(lines[:-3]) + "\n")
-    with pytest.raises(LobsterFormatError, match=r"row-count mismatch: message file has 397 rows, orderbook file has 400"):
+    with pytest.raises(LobsterFormatError,
+                       match=r"row-count mismatch: message file has 397 rows, orderbook file has 400"):
         load_day(day_files, use_cache=False)
 
 
@@ -275,7 +276,8 @@ def _ob_row(ob: Path, line: int) -> list[int]:
 
 def test_error_crossed_book(day_files):
     ob = _orderbook_of(day_files)
-    line = next(i for i in range(40, 400) if EMPTY_BID not in _ob_row(ob, i)[:4] and EMPTY_ASK not in _ob_row(ob, i)[:4])
+    line = next(i for i in range(40, 400)
+                if EMPTY_BID not in _ob_row(ob, i)[:4] and EMPTY_ASK not in _ob_row(ob, i)[:4])
     r = _ob_row(ob, line)
     r[2] = r[0]  # best bid = best ask
     _edit_line(ob, line, ",".join(map(str, r)))
@@ -355,6 +357,19 @@ def test_cache_second_load_skips_parsing(tmp_path, day_files, monkeypatch):
     assert lobster_cache.content_key(b"a", b"bc") != lobster_cache.content_key(b"ab", b"c")
 
 
+def test_cache_unchanged_files_are_not_read_again(tmp_path, day_files, monkeypatch):
+    cache = tmp_path / "cache"
+    first = load_day(day_files, cache_dir=cache)
+    copy = write_day(tmp_path / "copy", *simulate_day(seed=1, n=400, levels=3))  # same bytes, other place
+    monkeypatch.setattr(lobster, "parse_day", lambda *a, **k: pytest.fail("parsed although the content is cached"))
+    from_copy = load_day(copy, cache_dir=cache)  # new path: read + hashed, found by content
+    assert from_copy.source == str(copy)
+    np.testing.assert_array_equal(first.book_sizes, from_copy.book_sizes)
+    monkeypatch.setattr(lobster._Source, "read", lambda self: pytest.fail("read although unchanged"))
+    again = load_day(day_files, cache_dir=cache)  # unchanged path, size and mtime: neither read nor hashed
+    np.testing.assert_array_equal(first.book_prices, again.book_prices)
+
+
 def test_cache_env_default_and_corrupt_entry(tmp_path, day_files, monkeypatch):
     monkeypatch.setenv("ADVSIM_CACHE", str(tmp_path / "envcache"))
     assert lobster_cache.default_cache_dir() == tmp_path / "envcache"
@@ -423,3 +438,35 @@ def test_real_zip_listing():
     assert (pair.ticker, pair.levels, pair.archive) == ("AAPL", 1, str(z))
     with zipfile.ZipFile(z) as zf:
         assert pair.message in zf.namelist()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_inspect_check_ingest(tmp_path, day_files):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli import main
+
+    runner = CliRunner()
+    cache = str(tmp_path / "c")
+    res = runner.invoke(main, ["data", "inspect", str(day_files), "--json", "--cache-dir", cache])
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.output)
+    assert st["rows"] == 400 and st["levels"] == 3
+    res = runner.invoke(main, ["data", "inspect", str(day_files), "--levels-shown", "2", "--cache-dir", cache])
+    assert res.exit_code == 0 and "level  2: mean bid size" in res.output
+    res = runner.invoke(main, ["data", "check", str(day_files.parent), "--no-cache"])
+    assert res.exit_code == 0 and "mismatches: 0" in res.output
+    res = runner.invoke(main, ["data", "ingest", str(day_files.parent), "--cache-dir", cache])
+    assert res.exit_code == 0 and "400 rows cached" in res.output
+    ob = _orderbook_of(day_files)
+    r = _ob_row(ob, 100)
+    r[1] += 1  # ask size of level 1 on row 100 no longer follows from the messages
+    _edit_line(ob, 100, ",".join(map(str, r)))
+    res = runner.invoke(main, ["data", "check", str(day_files), "--no-cache"])
+    assert res.exit_code == 1 and "row 100: rebuilt ask side differs" in res.output
+    res = runner.invoke(main, ["data", "inspect", str(tmp_path / "nothing.zip")])
+    assert res.exit_code != 0

@@ -212,7 +212,7 @@ def test_same_seed_same_bytes_and_different_seed_differs(tmp_path):
         assert len(list((tmp_path / d).iterdir())) == 4
     for x, y in zip(sorted((tmp_path / "a").iterdir()), sorted((tmp_path / "b").iterdir())):
         assert x.name == y.name and x.read_bytes() == y.read_bytes()
-    assert [p.name for p in a] == [p.name for p in c]
+    assert [p.name for p in a] == [p.name for p in b] == [p.name for p in c]
     assert a[0].read_bytes() != c[0].read_bytes()
     assert [p.read_bytes() for p in za] == [p.read_bytes() for p in zb]
     # the zip holds exactly the csv bytes

@@ -25,12 +25,24 @@ from lobsim.models import ModelConfig, build_model
 from lobsim.propagation import propagate
 from lobsim.snippets import SnippetBatch
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread avoids spin-wait overhead on the shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---- generated books and small models (shared with test_universal_attack) ----
 
 
 def random_batch(B: int, W: int, L: int, seed: int, base: int = 90_000, tick: int = 100,
-                 exec_rate: float = 0.3) -> SnippetBatch:
-    """B snippets of a random-walk book around ``base`` (LOBSTER units), one tick spread, random executions."""
+                 exec_rate: float = 0.3, move_prob: float = 1 / 3) -> SnippetBatch:
+    """B snippets of a random-walk book around ``base`` (LOBSTER units), one tick spread, random executions.
+
+    The mid moves one tick with probability ``move_prob`` per step; sizes are redrawn every step."""
     rng = np.random.default_rng(seed)
     prices = np.empty((B, W, 2, L), np.int64)
     sizes = rng.integers(100, 3000, size=(B, W, 2, L)).astype(np.int64)
@@ -41,7 +53,7 @@ def random_batch(B: int, W: int, L: int, seed: int, base: int = 90_000, tick: in
     for b in range(B):
         m = base // tick + int(rng.integers(-50, 50))
         for t in range(W):
-            m += int(rng.choice([-1, 0, 0, 0, 0, 1]))
+            m += int(rng.choice([-1, 1])) if rng.random() < move_prob else 0
             prices[b, t, 0] = (m - j) * tick
             prices[b, t, 1] = (m + 1 + j) * tick
             ptr[b, t] = n
@@ -76,7 +88,8 @@ def label_batch(batch: SnippetBatch, model, wrong_every: int = 5) -> SnippetBatc
     """Labels = the model's clean prediction, except every ``wrong_every``-th snippet gets another class."""
     pred, _ = evaluate_orders(model, batch, None)
     y = pred.copy()
-    y[::wrong_every] = (y[::wrong_every] + 1) % 3
+    if wrong_every:
+        y[::wrong_every] = (y[::wrong_every] + 1) % 3
     batch.labels = y
     return batch
 
@@ -159,10 +172,10 @@ def test_budget_below_minimum_fails_and_returns_orders_within_budget():
 
 @pytest.fixture(scope="module")
 def attacked():
-    batch = random_batch(B=24, W=40, L=5, seed=1)
+    batch = random_batch(B=15, W=40, L=5, seed=1)
     model = TinyModel(40, "mlp", seed=0)
     label_batch(batch, model)
-    atk = CapitalAttack(budget=3e5, max_iter=40, batch_size=10, step_shares=5.0)
+    atk = CapitalAttack(budget=3e5, max_iter=40, batch_size=8, step_shares=5.0)
     return batch, model, atk, atk(model, batch, seed=3)
 
 
@@ -186,8 +199,8 @@ def test_budget_never_exceeded_and_records_match_exact_engine(attacked):
             assert r.relative_size == pytest.approx(sizes[b], abs=1e-9)
         else:
             assert r.status == "misclassified_before" and not r.orders
-    assert sum(not r.attacked for r in recs) == 5  # every 5th label was made wrong
-    assert sum(r.success for r in recs) >= 10  # a random small MLP is easy to fool with $300k
+    assert sum(not r.attacked for r in recs) == 3  # every 5th label was made wrong
+    assert sum(r.success for r in recs) >= 6  # a random small MLP is easy to fool with $300k
     assert all(r.peak_capital >= r.capital for r in recs)
 
 
@@ -202,12 +215,12 @@ def test_records_jsonl_roundtrip(attacked, tmp_path):
 
 def test_capital_curve_equals_separate_runs(attacked):
     batch, model, atk, recs = attacked
-    budgets = [2e3, 1e4, 5e4, 3e5]
+    budgets = [2e3, 2e4, 6e4, 3e5]
     curve = capital_curve(recs, budgets)
     assert curve[-1] == pytest.approx(adversarial_accuracy(recs))
     assert np.all(np.diff(curve) <= 1e-12)  # accuracy falls as the budget grows
-    for c, acc in zip(budgets[:3], curve[:3]):
-        sep = CapitalAttack(budget=c, max_iter=40, batch_size=10, step_shares=5.0)(model, batch, seed=3)
+    for c, acc in zip(budgets[1:3], curve[1:3]):
+        sep = CapitalAttack(budget=c, max_iter=40, batch_size=8, step_shares=5.0)(model, batch, seed=3)
         fooled_sep = {r.index for r in sep if r.success}
         fooled_curve = {r.index for r in recs if r.success and r.peak_capital <= c}
         assert fooled_sep == fooled_curve
@@ -239,7 +252,7 @@ def test_transfer_accuracy_matches_direct_evaluation(attacked):
 def test_lstm_attack_runs_in_attack_mode():
     batch = random_batch(B=6, W=20, L=3, seed=4)
     model = TinyModel(20, "lstm", seed=1)
-    label_batch(batch, model, wrong_every=100)
+    label_batch(batch, model, wrong_every=0)
     recs = CapitalAttack(budget=1e5, max_iter=20)(model, batch, seed=0)
     assert len(recs) == 6 and all(r.attacked for r in recs)
     assert not model.model.training  # the mode is restored after the attack
@@ -268,3 +281,17 @@ def test_book_tensors_centred_and_shift_invariant():
     diff = ref - got.numpy()
     assert np.allclose(diff, diff[:, :1], atol=1e-5)  # same SWA up to one shift per snippet
     assert float(P.abs().max()) < 1.0  # centred: cents, not $9
+
+
+def test_cuda_attack_matches_cpu(cuda_device):
+    """On a GPU (skipped without one): torch-operator checks on CUDA give the CPU's exact-engine records."""
+    batch = random_batch(B=8, W=30, L=4, seed=9)
+    model = TinyModel(30, "mlp", seed=0)
+    label_batch(batch, model, wrong_every=0)
+    cpu = CapitalAttack(budget=3e5, max_iter=30, step_shares=5.0)(model, batch, seed=1)
+    model.model.to(cuda_device)
+    gpu = CapitalAttack(budget=3e5, max_iter=30, step_shares=5.0, device=cuda_device)(model, batch, seed=1)
+    model.model.to("cpu")
+    assert sum(r.success for r in gpu) >= sum(r.success for r in cpu) - 1  # float differences may flip a tie
+    for r in gpu:
+        assert r.capital <= 3e5

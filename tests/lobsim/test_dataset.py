@@ -178,3 +178,29 @@ def test_session_window() -> None:
     short = np.array([34300.0, 35000.0])
     assert session_window(short, None, None) == (34300.0, 35000.0)
     assert session_window(full, 36000.0, 36600.0) == (36000.0, 36600.0)
+
+
+def test_real_goog_day_swa_matches_the_orderbook_file() -> None:
+    """GOOG l10, 20 minutes: the Market's SWA equals a hand computation from LOBSTER's own orderbook rows."""
+    import bisect
+    import itertools
+
+    from tests.conftest import shared_path
+
+    folder = shared_path("lobster-goog-l10-2012-06-21")
+    msg = folder / "GOOG_2012-06-21_34200000_57600000_message_10.csv"
+    ob = folder / "GOOG_2012-06-21_34200000_57600000_orderbook_10.csv"
+    m = Market.from_paths([folder], start=36000.0, end=37200.0)
+    assert m.split == "time" and m.books[0].n_steps == 120001 and m.n_test > 0
+    times = [float(line.split(",", 1)[0]) for line in msg.read_text().splitlines()]
+    series = m.series[0]
+    for k in (0, 12345, 120000):
+        t = 36000.0 + 0.01 * k
+        row = bisect.bisect_right(times, t + 1e-9) - 1
+        with ob.open() as fh:
+            vals = [int(v) for v in next(itertools.islice(fh, row, None)).split(",")]
+        p, s = vals[0::2], vals[1::2]  # ask price, ask size, bid price, bid size per level
+        assert series[k] == pytest.approx(sum(a * b for a, b in zip(p, s)) / sum(s) / 10_000, abs=1e-9)
+    assert 570 < series.min() < series.max() < 590
+    tau = m.fit_tau()
+    assert abs(np.mean(m.labels(*m.all_train_starts(), tau) == FLAT) - 1 / 3) < 0.05

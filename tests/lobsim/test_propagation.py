@@ -301,6 +301,9 @@ def test_operator_select_matches_fresh_build(backend):
     sub, fresh = op.select(idx), TouchPropagator(bt.select(idx), backend=backend)
     a = torch.as_tensor(random_orders(rng, bt.select(idx)), dtype=torch.float32, device=op.device)
     torch.testing.assert_close(sub(a), fresh(a))
+    keep = np.zeros(5, bool)
+    keep[[1, 2]] = True
+    torch.testing.assert_close(op.select(keep)(a[1:]), op.select(torch.tensor([1, 2]))(a[1:]))
     x = a.clone().requires_grad_(True)
     y = a.clone().requires_grad_(True)
     g = torch.randn(sub.shape)
@@ -357,3 +360,31 @@ def test_universal_orders_numpy_and_torch():
     np.testing.assert_array_equal(pt.grad.numpy(), mask[:, :15].sum(0))
     with pytest.raises(ValueError, match="pattern"):
         universal_orders(np.zeros((21, 2, 3), np.int64), bt)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# real data: the GOOG 10-level LOBSTER sample (skips when ../shared/data is absent)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_real_goog_snippets(shared_data):
+    from data_loaders.lobster import load_day
+    from lobsim.book import resample
+    from lobsim.snippets import cut_snippets
+
+    folder = shared_data / "lobster-goog-l10-2012-06-21"
+    if not folder.is_dir():
+        pytest.skip(f"real data not found: {folder}")
+    day = load_day(folder, use_cache=False)
+    grid = resample(day, dt=0.01, start=34200 + 600, end=34200 + 720)
+    bt = cut_snippets([grid], np.zeros(2, np.int64), np.array([0, 6000]), 6000)
+    assert int(bt.exec_ptr[:, -1].max() - bt.exec_ptr[:, 0].min()) > 20  # the window holds real executions
+    rng = np.random.default_rng(0)
+    a = random_orders(rng, bt, density=0.02, high=3)
+    for fm in ("touch", "queue"):
+        assert_same(propagate(a, bt, fm), propagate_reference(a, bt, fm))
+    exact = propagate(a, bt)
+    assert len(exact.fills) > 0
+    for backend in BACKENDS:
+        got = TouchPropagator(bt, backend=backend)(torch.as_tensor(a, dtype=torch.float32))
+        np.testing.assert_array_equal(got.numpy(), exact.delta)

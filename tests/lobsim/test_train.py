@@ -18,6 +18,15 @@ from tests.lobsim.test_dataset import make_book
 FEATS = FeatureConfig(dt=0.01, window_s=0.6, horizon_s=0.2)  # W = 60, H = 20
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train much faster on one thread, above all on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def momentum_market() -> Market:
     """Three days of a random walk whose drift persists (flips ~every 400 steps): the past predicts the future."""
@@ -117,3 +126,48 @@ def test_loading_foreign_files_fails_clearly(momentum_market: Market, tmp_path: 
 def test_confusion_matrix_counts() -> None:
     cm = confusion_matrix(np.array([0, 1, 2, 2, 1]), np.array([0, 2, 2, 1, 1]))
     np.testing.assert_array_equal(cm, [[1, 0, 0], [0, 1, 1], [0, 1, 1]])
+
+
+def test_cli_train_evaluate_table_on_a_short_synthetic_day(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+    from data_loaders.synthetic import write_days
+
+    paths = write_days(tmp_path / "data", "thick", days=1, hours=0.05, seed=0)
+    runner = CliRunner()
+    common = ["--data", str(paths[0]), "--window", "5", "--horizon", "1", "--steps", "5", "--device", "cpu",
+              "--eval-n", "300", "--threads", "1"]
+    for kind in ("linear", "lstm"):
+        res = runner.invoke(main, ["lob", "train", "--model", kind, "--out", str(tmp_path / kind), *common])
+        assert res.exit_code == 0, res.output
+        assert "accuracy" in res.output and (tmp_path / kind / "metrics.json").exists()
+    res = runner.invoke(main, ["lob", "evaluate", str(tmp_path / "lstm"), "--n", "200", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "lstm" / "metrics.json").read_text())["eval"]["n"] == 200
+    res = runner.invoke(main, ["lob", "table", str(tmp_path / "linear"), str(tmp_path / "lstm"), "--out",
+                               str(tmp_path / "table")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "table" / "table-3.1.md").read_text()
+    assert md.splitlines()[0] == "| Ticker | Linear | LSTM |" and md.splitlines()[2].startswith("| THICK |")
+    rows = json.loads((tmp_path / "table" / "table-3.1.json").read_text())
+    assert {r["kind"] for r in rows} == {"linear", "lstm"}
+    res = runner.invoke(main, ["lob", "train", "--model", "mlp", "--out", str(tmp_path / "x")])
+    assert res.exit_code != 0 and "either --data" in res.output
+
+
+def test_accuracy_table_layout_and_duplicates() -> None:
+    from lobsim.evaluate import accuracy_table
+
+    ev = {"accuracy": 0.3656, "stderr": 0.0048, "n": 10000, "majority_accuracy": 0.3}
+    runs = [{"run": "a", "ticker": "F", "kind": "mlp", "preset": "small", "eval": ev},
+            {"run": "b", "ticker": "F", "kind": "linear", "preset": "small", "eval": ev},
+            {"run": "c", "ticker": "GE", "kind": "lstm", "preset": "small", "eval": ev}]
+    md, rows = accuracy_table(runs)
+    lines = md.splitlines()
+    assert lines[0] == "| Ticker | Linear | MLP | LSTM |"
+    assert lines[2] == "| F | 36.56 (±0.48) | 36.56 (±0.48) | - |"
+    assert lines[3] == "| GE | - | - | 36.56 (±0.48) |"
+    assert len(rows) == 3
+    with pytest.raises(ValueError, match="both fill F / MLP"):
+        accuracy_table(runs + [dict(runs[0], run="d")])

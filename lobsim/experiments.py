@@ -1,0 +1,341 @@
+"""The attack pipeline: one config -> one run directory (the demo and the thesis' Tables 3.2 / 3.3, Figs 3.1-3.3).
+
+``run_experiment(cfg, out)``: market (synthetic LOBSTER files or real ones) -> train Linear / MLP / LSTM ->
+random-orders baseline, capital-constrained attack (one run at the largest budget gives the whole
+accuracy-vs-capital curve), transfer of the crafted orders between models (gradient-masking check), universal
+patterns with and without the size penalty and their transfer matrix -> tables, figures and metrics.json.
+The single-purpose runs behind ``advsim lob attack capital|random|universal`` live here too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_loaders.rundir import make_run_dir, resolve_device, write_json
+from lobsim.attacks.capital import CapitalAttack, evaluate_orders, transfer_accuracy
+from lobsim.attacks.records import capital_curve, summarize, write_jsonl
+from lobsim.attacks.universal import UniversalAttack, evaluate_universal
+from lobsim.snippets import SnippetBatch
+
+DEFAULT_BUDGETS = [1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 2e6]
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that determines an attack experiment (JSON-serialisable; same config => same numbers).
+
+    Data: ``synthetic`` preset (thick / thin) written with ``days`` x ``hours``, or ``data`` paths of LOBSTER days.
+    The demo uses a coarse grid (dt = 0.1 s, 60 s window = 600 steps) so it runs on a 2-core CPU in minutes; the
+    ``paper`` preset uses the thesis' 0.01 s grid (6,000 steps) and thesis-sized models on a GPU.
+    """
+
+    synthetic: str | None = "thick"
+    data: list[str] = field(default_factory=list)
+    days: int = 3
+    hours: float = 1.0
+    dt: float = 0.1
+    window_s: float = 60.0
+    horizon_s: float = 10.0
+    models: list[str] = field(default_factory=lambda: ["linear", "mlp", "lstm"])
+    model_preset: str = "small"
+    train_steps: int = 300
+    train_batch: int = 128
+    eval_n: int = 2000
+    attack_n: int = 128
+    budget: float = 100_000.0
+    budgets: list[float] = field(default_factory=lambda: list(DEFAULT_BUDGETS))
+    max_iter: int = 200
+    step_shares: float = 0.1
+    attack_batch: int = 64
+    random_budget: float = 2_000_000.0
+    surrogates: list[str] = field(default_factory=lambda: ["linear", "mlp"])
+    universal_target: int = 0
+    universal_gamma: float = 0.05
+    universal_steps: int = 150
+    universal_lr: float = 0.5
+    universal_train_n: int = 256
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if bool(self.synthetic) == bool(self.data):
+            raise ValueError("ExperimentConfig: give either synthetic (a preset name) or data (LOBSTER paths)")
+        if self.budget > max(self.budgets):
+            self.budgets = sorted(set(self.budgets) | {self.budget})
+        for s in self.surrogates:
+            if s not in self.models:
+                raise ValueError(f"ExperimentConfig: surrogate {s!r} is not among the models {self.models}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "tiny": {"days": 2, "hours": 0.25, "window_s": 20.0, "horizon_s": 5.0, "models": ["linear", "mlp"],
+             "surrogates": ["mlp"], "train_steps": 30, "train_batch": 64, "eval_n": 200, "attack_n": 12,
+             "max_iter": 30, "step_shares": 3.0, "universal_steps": 15, "universal_train_n": 32,
+             "budgets": [1e4, 1e5, 1e6]},
+    "paper": {"days": 5, "dt": 0.01, "model_preset": "paper", "train_steps": 5000, "train_batch": 2000,
+              "eval_n": 10_000, "attack_n": 1000, "max_iter": 1000, "attack_batch": 128, "universal_steps": 1000,
+              "universal_train_n": 2048, "universal_lr": 0.5},
+}
+
+
+def preset_config(name: str, **overrides: Any) -> ExperimentConfig:
+    """A named preset (demo, tiny, paper) with overrides (None values are ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown experiment preset {name!r}; choose one of {sorted(PRESETS)}")
+    d = dict(PRESETS[name])
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    if d.get("data"):
+        d["synthetic"] = None  # real data replace the synthetic market
+    return ExperimentConfig(**d)
+
+
+def _market(cfg: ExperimentConfig, out: Path, progress: bool):
+    from lobsim.dataset import FeatureConfig, Market
+
+    paths = list(cfg.data)
+    if cfg.synthetic:
+        from data_loaders.synthetic import write_days
+
+        paths = [str(p) for p in write_days(out / "data", cfg.synthetic, days=cfg.days, hours=cfg.hours,
+                                            seed=cfg.seed, progress=progress)]
+    features = FeatureConfig(dt=cfg.dt, window_s=cfg.window_s, horizon_s=cfg.horizon_s)
+    data_cfg = {"paths": [str(Path(p).resolve()) for p in paths], "dt": cfg.dt, "start": None, "end": None,
+                "split": "auto", "train_fraction": 0.8, "synthetic": cfg.synthetic}
+    return Market.from_paths(paths, dt=cfg.dt, features=features, progress=progress), features, data_cfg
+
+
+def market_of(trained: Any, progress: bool = False):
+    """Rebuild the market a trained model was trained on (from its config's data entry)."""
+    from lobsim.dataset import Market
+
+    d = trained.config.data
+    if not d or "paths" not in d:
+        raise ValueError(f"{trained.run_dir}: the model's config has no data entry; cannot rebuild its market")
+    return Market.from_paths(d["paths"], dt=d["dt"], start=d.get("start"), end=d.get("end"),
+                             features=trained.config.features, split=d.get("split", "auto"),
+                             train_fraction=d.get("train_fraction", 0.8), progress=progress)
+
+
+def training_batches(market: Any, n: int, seed: int, chunk: int = 64) -> list[SnippetBatch]:
+    """``n`` training snippets (seeded) cut into batches of ``chunk`` for the universal attack."""
+    day, start = market.sample_train(n, np.random.default_rng([seed, 7]))
+    return [market.batch(day[i:i + chunk], start[i:i + chunk]) for i in range(0, n, chunk)]
+
+
+def _row(ticker: str, name: str, **vals: Any) -> dict[str, Any]:
+    return {"ticker": ticker, "model": name, **vals}
+
+
+def capital_results(records: list, budget: float, budgets: list[float], ticker: str, name: str) -> dict[str, Any]:
+    """Summary at ``budget``, the curve over ``budgets`` and the Table 3.2 row of one capital-attack run."""
+    s = summarize(records, budget)
+    curve = capital_curve(records, budgets).tolist()
+    row = _row(ticker, name, a_test=s["a_test"], a_adv=s["a_adv"], capital=s["capital_mean"], size=s["size_mean"],
+               cost=s["cost_mean"], n=s["n"])
+    return {"summary": s, "curve": curve, "row": row}
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True, overwrite: bool = False
+                   ) -> dict[str, Any]:
+    """The whole pipeline into one run directory; returns the metrics written to metrics.json."""
+    from lobsim.attacks.random import RandomOrders
+    from lobsim.report import figures_from_run, write_report
+    from lobsim.train import default_config, evaluate, train
+
+    t0 = time.perf_counter()
+    out = make_run_dir(out, cfg, overwrite=overwrite)
+    device = resolve_device(cfg.device)
+    timings: dict[str, float] = {}
+    market, features, data_cfg = _market(cfg, out, progress)
+    ticker = market.books[0].ticker
+    timings["data"] = time.perf_counter() - t0
+
+    # -- models --------------------------------------------------------------------------------------------
+    models, evals = {}, {}
+    for i, kind in enumerate(cfg.models):
+        t = time.perf_counter()
+        tcfg = default_config(kind, cfg.model_preset, features, steps=cfg.train_steps, batch=cfg.train_batch,
+                              device=device, seed=cfg.seed + i, eval_n=cfg.eval_n, data=data_cfg)
+        models[kind] = train(tcfg, market, out / "models" / kind, progress=progress, resume=False)
+        evals[kind] = evaluate(models[kind], market, n=cfg.eval_n, seed=cfg.seed)
+        timings[f"train_{kind}"] = time.perf_counter() - t
+
+    # -- the attacked snippets (same for every model; labels use each model's tau, equal on one market) ------
+    day, start = market.test_refs(cfg.attack_n, seed=cfg.seed + 1)
+    tau = models[cfg.models[0]].tau
+    batch = market.batch(day, start, tau)
+
+    rows, curves, clean_att, records, results = [], {}, {}, {}, {}
+    for kind, m in models.items():
+        t = time.perf_counter()
+        orders = RandomOrders(budget=cfg.random_budget)(batch, np.random.default_rng([cfg.seed, 3]))
+        pred_r, _ = evaluate_orders(m, batch, orders, device=device)
+        a_rand = float(np.mean(pred_r == batch.labels))
+        atk = CapitalAttack(budget=max(cfg.budgets), max_iter=cfg.max_iter, step_shares=cfg.step_shares,
+                            batch_size=cfg.attack_batch, device=device, model_name=kind)
+        recs = atk(m, batch, seed=cfg.seed, progress=progress)
+        write_jsonl(out / f"records_{kind}.jsonl", recs)
+        res = capital_results(recs, cfg.budget, cfg.budgets, ticker, kind)
+        res["row"].update(a_rand=a_rand, a_test_eval=evals[kind].accuracy)
+        res["a_rand"] = a_rand
+        res["eval"] = evals[kind].to_dict()
+        rows.append(res["row"])
+        curves[kind] = res["curve"]
+        clean_att[kind] = res["summary"]["a_test"]
+        records[kind], results[kind] = recs, res
+        timings[f"attack_{kind}"] = time.perf_counter() - t
+
+    # -- transfer of per-snippet orders (gradient-masking check) ----------------------------------------------
+    transfer = {src: {dst: transfer_accuracy(records[src], batch, models[dst], device=device) for dst in models}
+                for src in models}
+
+    # -- universal patterns ----------------------------------------------------------------------------------
+    t = time.perf_counter()
+    train_batches = training_batches(market, cfg.universal_train_n, cfg.seed)
+    patterns = {}
+    for s in cfg.surrogates:
+        ua = UniversalAttack(target=cfg.universal_target, gamma=cfg.universal_gamma, steps=cfg.universal_steps,
+                             lr=cfg.universal_lr, device=device)
+        patterns[s] = ua.fit(models[s], train_batches, seed=cfg.seed, progress=progress)
+    matrix = {s: {v: evaluate_universal(patterns[s].pattern, models[v], batch, cfg.universal_target, device=device)
+                  for v in models} for s in patterns}
+    abl_src = "mlp" if "mlp" in patterns else next(iter(patterns))
+    plain = UniversalAttack(target=cfg.universal_target, gamma=0.0, steps=cfg.universal_steps, lr=cfg.universal_lr,
+                            device=device).fit(models[abl_src], train_batches, seed=cfg.seed, progress=progress)
+    ablation = {"gamma=0": {v: evaluate_universal(plain.pattern, models[v], batch, cfg.universal_target,
+                                                    device=device) for v in models},
+                f"gamma={cfg.universal_gamma:g}": matrix[abl_src]}
+    timings["universal"] = time.perf_counter() - t
+
+    # -- figures' data and report ------------------------------------------------------------------------------
+    k0 = 0
+    np.savez(out / "fig_3_1.npz", series=market.series[int(day[k0])], dt=cfg.dt, start=int(start[k0]),
+             window=market.window, horizon=market.horizon)
+    np.savez(out / "fig_3_2.npz", **{"pattern_no_penalty": plain.pattern,
+                                     f"pattern_penalty_gamma_{cfg.universal_gamma:g}": patterns[abl_src].pattern},
+             dt=cfg.dt, title=f"universal patterns on the {abl_src} surrogate, target "
+                              f"{['down', 'flat', 'up'][cfg.universal_target]}")
+    fig_src = "mlp" if "mlp" in records else cfg.models[0]
+    won = [r for r in records[fig_src] if r.success and r.peak_capital <= cfg.budget] or \
+          [r for r in records[fig_src] if r.success]
+    if won:
+        from lobsim.attacks.records import dense_orders
+        from lobsim.propagation import propagate
+
+        r = won[0]
+        one = batch.select([r.index])
+        o = dense_orders([r], one.window, one.levels)
+        delta = propagate(o, one).delta
+        np.savez(out / "fig_3_3.npz", sizes=np.where(one.mask[0], one.sizes[0], 0), orders=o[0], delta=delta[0],
+                 dt=cfg.dt, title=f"{fig_src}: label {r.label} -> predicted {r.pred_after}, capital "
+                                  f"${r.capital:,.0f}")
+    grid_note = (f"grid dt = {cfg.dt} s, window {cfg.window_s:g} s = {market.window} steps, horizon "
+                 f"{cfg.horizon_s:g} s")
+    report = {
+        "table_3_2": rows,
+        "table_3_3": [{"title": f"universal target {['down', 'flat', 'up'][cfg.universal_target]}, gamma = "
+                                f"{cfg.universal_gamma:g} ({ticker}, {grid_note})",
+                       "target": cfg.universal_target, "gamma": cfg.universal_gamma, "matrix": matrix},
+                      {"title": f"penalty ablation, surrogate {abl_src}", "target": cfg.universal_target,
+                       "gamma": None, "matrix": ablation}],
+        "curves": [{"title": f"Accuracy vs capital ({ticker}, {len(batch.labels)} test snippets)",
+                    "budgets": list(cfg.budgets), "accuracy": curves, "clean": clean_att}],
+    }
+    timings["total"] = time.perf_counter() - t0
+    metrics = {
+        "ticker": ticker, "device": device, "grid": grid_note, "market": market.describe(),
+        "models": {k: {kk: vv for kk, vv in v.items() if kk != "row"} for k, v in results.items()},
+        "transfer": transfer,
+        "universal": {s: {"pattern_shares": int(p.pattern.sum()), "final_ce": p.history["ce"][-1],
+                          "final_size": p.history["size"][-1]} for s, p in patterns.items()},
+        "report": report, "timings_s": timings,
+    }
+    for s, p in patterns.items():
+        np.save(out / f"universal_{s}.npy", p.pattern, allow_pickle=False)
+    np.save(out / f"universal_{abl_src}_no_penalty.npy", plain.pattern, allow_pickle=False)
+    write_report(out, {"table_3_2": rows, "table_3_3": report["table_3_3"], "curves": report["curves"]},
+                 title=f"advsim attack experiment: {ticker} ({grid_note})")
+    figures_from_run(out, out)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+# -- single-purpose runs (advsim lob attack ...) -----------------------------------------------------------------
+
+
+def _load(run: str | Path, device: str):
+    from lobsim.train import load_run
+
+    return load_run(run, device=device)
+
+
+def _name(run: str | Path) -> str:
+    return Path(run).name
+
+
+def run_attack(kind: str, model_run: str | Path, out: str | Path, victims: tuple[str, ...] = (), n: int = 200,
+               budget: float = 100_000.0, budgets: list[float] | None = None, seed: int = 0, device: str = "auto",
+               max_iter: int = 300, step_shares: float = 0.1, target: int = 0, gamma: float = 0.05,
+               steps: int = 300, lr: float = 0.5, train_n: int = 512, progress: bool = True,
+               overwrite: bool = False) -> dict[str, Any]:
+    """``advsim lob attack capital|random|universal``: attack ``n`` test snippets of the model's own market."""
+    from lobsim.attacks.random import RandomOrders
+
+    if kind not in ("capital", "random", "universal"):
+        raise ValueError(f"attack kind must be capital, random or universal, got {kind!r}")
+    device = resolve_device(device)
+    cfg = {k: v for k, v in locals().items() if k not in ("RandomOrders", "progress", "overwrite")}
+    cfg["model_run"], cfg["out"], cfg["victims"] = str(model_run), str(out), [str(v) for v in victims]
+    out = make_run_dir(out, cfg, overwrite=overwrite)
+    model = _load(model_run, device)
+    market = market_of(model, progress=progress)
+    ticker = market.books[0].ticker
+    day, start = market.test_refs(n, seed=seed + 1)
+    batch = market.batch(day, start, model.tau)
+    vic = {_name(v): _load(v, device) for v in victims}
+    name = _name(model_run)
+    metrics: dict[str, Any] = {"kind": kind, "model": name, "ticker": ticker, "n": int(batch.batch_size)}
+    if kind == "random":
+        orders = RandomOrders(budget=budget)(batch, np.random.default_rng([seed, 3]))
+        rows = []
+        for nm, m in {name: model, **vic}.items():
+            pred, _ = evaluate_orders(m, batch, orders, device=device)
+            clean, _ = evaluate_orders(m, batch, None, device=device)
+            rows.append(_row(ticker, nm, a_test=float(np.mean(clean == batch.labels)),
+                             a_rand=float(np.mean(pred == batch.labels)), n=int(batch.batch_size)))
+        metrics["report"] = {"table_3_2": rows}
+    elif kind == "capital":
+        budgets = sorted(set(budgets or [budget]) | {budget})
+        recs = CapitalAttack(budget=max(budgets), max_iter=max_iter, step_shares=step_shares, device=device,
+                             model_name=name)(model, batch, seed=seed, progress=progress)
+        write_jsonl(out / "records.jsonl", recs)
+        res = capital_results(recs, budget, budgets, ticker, name)
+        metrics.update(summary=res["summary"], curve=res["curve"], budgets=budgets)
+        metrics["transfer"] = {v: transfer_accuracy(recs, batch, m, device=device) for v, m in vic.items()}
+        metrics["report"] = {"table_3_2": [res["row"]],
+                             "curves": [{"title": f"Accuracy vs capital ({ticker}, {name})", "budgets": budgets,
+                                         "accuracy": {name: res["curve"]}, "clean": {name: res["summary"]["a_test"]}}]}
+    else:
+        batches = training_batches(market, train_n, seed)
+        res_u = UniversalAttack(target=target, gamma=gamma, steps=steps, lr=lr, device=device).fit(
+            model, batches, seed=seed, progress=progress)
+        np.save(out / "pattern.npy", res_u.pattern, allow_pickle=False)
+        matrix = {name: {nm: evaluate_universal(res_u.pattern, m, batch, target, device=device)
+                         for nm, m in {name: model, **vic}.items()}}
+        metrics["history"] = res_u.history
+        metrics["report"] = {"table_3_3": [{"title": f"universal target {['down', 'flat', 'up'][target]}, gamma = "
+                                                     f"{gamma:g} ({ticker})", "target": target, "gamma": gamma,
+                                            "matrix": matrix}]}
+        np.savez(out / "fig_3_2.npz", **{f"pattern_gamma_{gamma:g}": res_u.pattern}, dt=market.features.dt)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def config_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    return asdict(cfg)
