@@ -6,14 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EMPTY_ASK = 9999999999
-EMPTY_BID = -9999999999
+from data_loaders.lobster import EMPTY_ASK, EMPTY_BID, level_mask
+
+__all__ = ["ASK", "BID", "EMPTY_ASK", "EMPTY_BID", "GridBook", "level_mask"]
+
 BID, ASK = 0, 1
-
-
-def level_mask(prices: np.ndarray) -> np.ndarray:
-    """True where a level holds a real price (not a LOBSTER dummy)."""
-    return (prices != EMPTY_ASK) & (prices != EMPTY_BID)
 
 
 @dataclass

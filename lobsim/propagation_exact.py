@@ -175,6 +175,15 @@ def _lookup(keys: np.ndarray, v: np.int64) -> int:
     return -1
 
 
+@njit(cache=True)
+def _side_key(keys0: np.ndarray, keys1: np.ndarray, side: int, price: np.int64) -> int:
+    """Key of (side, price) in one snippet: bids index keys0, asks follow after them; -1 when unknown."""
+    if side == 0:
+        return _lookup(keys0, price)
+    k = _lookup(keys1, price)
+    return k + keys0.shape[0] if k >= 0 else -1
+
+
 @njit(cache=True, parallel=True)
 def _touch_kernel(orders, prices, exec_ptr, exec_side, exec_price, exec_hidden, include_hidden, delta, fill_snippet,
                   fill_step, fill_shares):  # fmt: skip
@@ -191,12 +200,7 @@ def _touch_kernel(orders, prices, exec_ptr, exec_side, exec_price, exec_hidden, 
             for e in range(exec_ptr[b, t], exec_ptr[b, t + 1]):
                 if exec_hidden[e] and not include_hidden:
                     continue
-                if exec_side[e] == 0:
-                    k = _lookup(keys0, exec_price[e])
-                else:
-                    k = _lookup(keys1, exec_price[e])
-                    if k >= 0:
-                        k += k0
+                k = _side_key(keys0, keys1, exec_side[e], exec_price[e])
                 if k >= 0 and resting[k] > 0:
                     fill_snippet[e] = b
                     fill_step[e] = t
@@ -209,7 +213,7 @@ def _touch_kernel(orders, prices, exec_ptr, exec_side, exec_price, exec_hidden, 
                         continue
                     if v != cur_price[s, j]:
                         cur_price[s, j] = v
-                        cur_key[s, j] = _lookup(keys0, v) if s == 0 else _lookup(keys1, v) + k0
+                        cur_key[s, j] = _side_key(keys0, keys1, s, v)
                     a = orders[b, t, s, j]
                     if a != 0:
                         resting[cur_key[s, j]] += a
@@ -252,12 +256,7 @@ def _queue_kernel(orders, prices, sizes, exec_ptr, exec_side, exec_price, exec_v
             for e in range(exec_ptr[b, t], exec_ptr[b, t + 1]):
                 if exec_hidden[e] and not include_hidden:
                     continue
-                if exec_side[e] == 0:
-                    k = _lookup(keys0, exec_price[e])
-                else:
-                    k = _lookup(keys1, exec_price[e])
-                    if k >= 0:
-                        k += k0
+                k = _side_key(keys0, keys1, exec_side[e], exec_price[e])
                 if k < 0:
                     continue
                 v = exec_volume[e]
@@ -290,7 +289,7 @@ def _queue_kernel(orders, prices, sizes, exec_ptr, exec_side, exec_price, exec_v
                         continue
                     if v != cur_price[s, j]:
                         cur_price[s, j] = v
-                        cur_key[s, j] = _lookup(keys0, v) if s == 0 else _lookup(keys1, v) + k0
+                        cur_key[s, j] = _side_key(keys0, keys1, s, v)
                     a = orders[b, t, s, j]
                     if a > 0:
                         k = cur_key[s, j]

@@ -22,7 +22,7 @@ import torch
 from numba import njit, prange
 
 from lobsim.grid import level_mask
-from lobsim.propagation_exact import _lookup, _side_keys, check_executions, numba_threads_for
+from lobsim.propagation_exact import _side_key, _side_keys, check_executions, numba_threads_for
 from lobsim.snippets import SnippetBatch
 
 
@@ -50,12 +50,7 @@ def _touch_structure(prices, exec_ptr, exec_side, exec_price, exec_hidden, inclu
             for e in range(exec_ptr[b, t], exec_ptr[b, t + 1]):
                 if exec_hidden[e] and not include_hidden:
                     continue
-                if exec_side[e] == 0:
-                    k = _lookup(keys0, exec_price[e])
-                else:
-                    k = _lookup(keys1, exec_price[e])
-                    if k >= 0:
-                        k += k0
+                k = _side_key(keys0, keys1, exec_side[e], exec_price[e])
                 if k >= 0:
                     epoch[k] += 1
             for s in range(2):
@@ -65,7 +60,7 @@ def _touch_structure(prices, exec_ptr, exec_side, exec_price, exec_hidden, inclu
                         continue
                     if v != cur_price[s, j]:
                         cur_price[s, j] = v
-                        cur_key[s, j] = _lookup(keys0, v) if s == 0 else _lookup(keys1, v) + k0
+                        cur_key[s, j] = _side_key(keys0, keys1, s, v)
                     k = cur_key[s, j]
                     ekey[n] = k
                     eepoch[n] = epoch[k]
@@ -126,12 +121,7 @@ def _touch_keys(prices, exec_ptr, exec_side, exec_price, exec_hidden, include_hi
             for e in range(exec_ptr[b, t], exec_ptr[b, t + 1]):
                 k = -1
                 if include_hidden or not exec_hidden[e]:
-                    if exec_side[e] == 0:
-                        k = _lookup(keys0, exec_price[e])
-                    else:
-                        k = _lookup(keys1, exec_price[e])
-                        if k >= 0:
-                            k += k0
+                    k = _side_key(keys0, keys1, exec_side[e], exec_price[e])
                 reset_key[e] = k
             for s in range(2):
                 for j in range(L):
@@ -142,7 +132,7 @@ def _touch_keys(prices, exec_ptr, exec_side, exec_price, exec_hidden, include_hi
                         continue
                     if v != cur_price[s, j]:
                         cur_price[s, j] = v
-                        cur_key[s, j] = _lookup(keys0, v) if s == 0 else _lookup(keys1, v) + k0
+                        cur_key[s, j] = _side_key(keys0, keys1, s, v)
                     k = cur_key[s, j]
                     key[b, q] = k
                     if last_t[k] == t and dup[b, 0] < 0:
