@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from lobsim.grid import level_mask
-from lobsim.propagation_exact import Propagation, check_orders
+from lobsim.propagation.exact import Propagation, check_orders
 from lobsim.snippets import SnippetBatch
 
 PRICE_SCALE = 10_000

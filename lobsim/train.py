@@ -112,6 +112,13 @@ class TrainedModel:
         dtype = next(self.model.parameters()).dtype
         return self.model(self.normalizer.torch(swa).to(dtype))
 
+    def logits_from_book(self, prices: torch.Tensor, sizes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, 3)`` of books ``(B, W, 2, L)``: prices in dollars (any common shift per snippet), float
+        sizes (perturbation included), bool mask of real levels. The interface every attack uses."""
+        from lobsim.features import swa_torch
+
+        return self.logits_from_swa(swa_torch(prices, sizes, mask))
+
     @torch.no_grad()
     def predict(self, market: Market, day: np.ndarray, start: np.ndarray, batch: int = 1024) -> np.ndarray:
         """int64 predicted classes (0 down, 1 flat, 2 up) of the snippets ``(day, start)``."""

@@ -92,6 +92,9 @@ def gradient_mode(trained: Any) -> Iterator[None]:
 
 def logits_of(trained: SwaClassifier, P: torch.Tensor, S: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     """Model logits for books (P, S, M) (sizes may include a perturbation)."""
+    book = getattr(trained, "logits_from_book", None)
+    if book is not None:
+        return book(P, S, M)
     from lobsim.features import swa_torch
 
     return trained.logits_from_swa(swa_torch(P, S, M))

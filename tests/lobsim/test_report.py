@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from data_loaders.rundir import write_json
-from lobsim import report_figures as figs
 from lobsim.report import build_report, collect
-from lobsim.report_tables import merge_rows, table_32_markdown, table_33_markdown, write_table_32, write_table_33
+from lobsim.report import figures as figs
+from lobsim.report.tables import merge_rows, table_32_markdown, table_33_markdown, write_table_32, write_table_33
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

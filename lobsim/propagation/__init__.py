@@ -1,7 +1,7 @@
 """Public entry for order propagation: the exact integer engine, the differentiable operator, universal orders.
 
-See :mod:`lobsim.propagation_exact` for the semantics (fill models, order of events inside a step) and
-:mod:`lobsim.propagation_torch` for the differentiable touch-model operator.
+See :mod:`lobsim.propagation.exact` for the semantics (fill models, order of events inside a step) and
+:mod:`lobsim.propagation.touch` for the differentiable touch-model operator.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from lobsim.grid import level_mask
-from lobsim.propagation_exact import (
+from lobsim.propagation.exact import (
     FILL_MODELS,
     Fills,
     Propagation,
@@ -18,7 +18,7 @@ from lobsim.propagation_exact import (
     propagate,
     propagate_reference,
 )
-from lobsim.propagation_torch import TouchPropagator
+from lobsim.propagation.touch import TouchPropagator
 from lobsim.snippets import SnippetBatch
 
 __all__ = [

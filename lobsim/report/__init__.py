@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from data_loaders.rundir import atomic_write_text, read_json, write_json
-from lobsim import report_figures as figs
-from lobsim import report_tables as tables
+from lobsim.report import figures as figs
+from lobsim.report import tables
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:

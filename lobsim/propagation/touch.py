@@ -22,7 +22,7 @@ import torch
 from numba import njit, prange
 
 from lobsim.grid import level_mask
-from lobsim.propagation_exact import _side_key, _side_keys, check_executions, numba_threads_for
+from lobsim.propagation.exact import _side_key, _side_keys, check_executions, numba_threads_for
 from lobsim.snippets import SnippetBatch
 
 

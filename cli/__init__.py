@@ -1,0 +1,13 @@
+"""The ``advsim`` command line: groups ``data``, ``lob`` and ``vision``. Thin: parse, call the library, print.
+
+Each ``*_cmds`` module attaches its commands to the groups of :mod:`cli.app`; importing this package
+registers them all.
+"""
+
+from cli import data_cmds, lob_cmds, vision_cmds  # noqa: F401  (registers the commands)
+from cli.app import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""``advsim vision ...``: train and evaluate image classifiers under attack."""
+
+from __future__ import annotations
+
+import click
+
+from cli.app import threads_option, vision
+
+
+# ---- vision commands (issue: vision) ----
+class _Radius(click.ParamType):
+    """A radius given as a float or a fraction such as 8/255."""
+
+    name = "radius"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001 - click's signature
+        from vision.evaluate import parse_eps
+
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_eps(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@vision.command("train")
+@click.option("--dataset", type=click.Choice(["digits", "mnist", "fashion-mnist", "cifar10", "folder"]),
+              default="digits", show_default=True, help="Image dataset (digits is built in; see docs/vision.md).")
+@click.option("--root", type=click.Path(), default=None,
+              help="Where the dataset lives: IDX folder, CIFAR-10 batches/PNG subset/image folder/tar. "
+                   "Default: the shared data folder (mnist, cifar10) or /usr/share/datasets (fashion-mnist).")
+@click.option("--model", default="auto", show_default=True,
+              help="mnist_small, mnist_large, preact18, resnet10, resnet18, wrn-34-10, wrn-28-10 (any wrn-D-W); "
+                   "auto = mnist_small for grey images, preact18 for colour.")
+@click.option("--defense", type=click.Choice(["standard", "pgd", "fast", "trades"]), default="standard",
+              show_default=True, help="Training procedure: clean, PGD adversarial, FGSM+random start, TRADES.")
+@click.option("--eps", type=_Radius(), default="8/255", show_default=True, help="Linf training radius (0.3, 8/255).")
+@click.option("--alpha", type=_Radius(), default=None,
+              help="Attack step during training. Default: 1.25*eps (fast), eps/4 (pgd, trades).")
+@click.option("--attack-steps", type=int, default=7, show_default=True, help="PGD / TRADES inner steps.")
+@click.option("--trades-beta", type=float, default=6.0, show_default=True, help="TRADES weight of the KL term.")
+@click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Minibatch size.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="sgd", show_default=True,
+              help="SGD (momentum 0.9) or Adam.")
+@click.option("--lr-max", type=float, default=0.2, show_default=True, help="Peak learning rate.")
+@click.option("--schedule", type=click.Choice(["cyclic", "piecewise", "cosine", "constant"]), default="cyclic",
+              show_default=True, help="Learning-rate schedule, stepped every iteration.")
+@click.option("--lr-peak", type=float, default=0.5, show_default=True,
+              help="Cyclic schedule: fraction of training where the rate peaks (0.4 for the MNIST recipe).")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True, help="Weight decay.")
+@click.option("--augment/--no-augment", default=None,
+              help="Random crop (pad 4) + flip on the device. Default: on for cifar10 only.")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]), default="auto", show_default=True,
+              help="Mixed precision: auto = bf16 autocast on CUDA, off on CPU.")
+@click.option("--guard/--no-guard", default=None,
+              help="Catastrophic-overfitting guard (PGD-5 on one training batch per epoch). Default: on for fast.")
+@click.option("--normalize/--no-normalize", default=True, show_default=True,
+              help="Per-channel mean/std normalisation inside the model; --no-normalize feeds [0, 1] pixels as is.")
+@click.option("--val-size", type=int, default=0, show_default=True,
+              help="Hold out this many training images and keep the epoch with the best PGD accuracy on them.")
+@click.option("--n-train", type=int, default=None, help="Train on the first N (shuffled) training images only.")
+@click.option("--n-test", type=int, default=1000, show_default=True, help="Test images for the quick final check.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed => same numbers).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1.")
+@click.option("--out", type=click.Path(), required=True, help="Run directory to create.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@threads_option
+def vision_train(out, overwrite, quiet, **opts) -> None:
+    """Train an image classifier with a defense and write a run directory.
+
+    \b
+    Example (CPU, seconds):
+      advsim vision train --dataset digits --defense fast --eps 0.1 --optimizer adam --lr-max 5e-3 --out runs/d
+    """
+    from vision.train import VisionTrainConfig, train_run
+
+    cfg = VisionTrainConfig(**opts)
+    try:
+        m = train_run(cfg, out, overwrite=overwrite, progress=not quiet)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{out}: {m['defense']} {m['model_name']}, {m['epochs_run']} epochs in {m['train_seconds']:.1f} s "
+               f"on {m['device']}; test clean {m['test_clean_acc']:.4f}, {m['test_pgd']}: {m['test_pgd_acc']:.4f}")
+    if m["stopped_early"]:
+        click.echo(f"stopped early: {m['stopped_early']}")
+
+
+@vision.command("evaluate")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--attack", type=click.Choice(["fgsm", "pgd", "apgd", "msd"]), default="pgd", show_default=True,
+              help="Attack from vision.attacks.")
+@click.option("--eps", type=_Radius(), default=None, help="Radius (default: the run's training eps).")
+@click.option("--norm", type=click.Choice(["linf", "l2", "l1"]), default="linf", show_default=True,
+              help="Threat model of pgd/apgd (msd attacks the union of all three).")
+@click.option("--steps", type=int, default=50, show_default=True, help="Attack iterations.")
+@click.option("--restarts", type=int, default=10, show_default=True, help="Random restarts (best kept).")
+@click.option("--alpha", type=_Radius(), default=None,
+              help="PGD step. Default: eps/4 for linf, 2.5*eps/steps for l2/l1.")
+@click.option("--msd-eps", default=None, help="MSD radii linf,l2,l1 (default 0.3,2,10).")
+@click.option("--n", type=int, default=1000, show_default=True, help="Attack the first N test images.")
+@click.option("--dataset", default=None, help="Evaluate on another dataset than the run's (same image shape).")
+@click.option("--root", type=click.Path(), default=None, help="Root of --dataset (see vision train --root).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True,
+              help="Which split to attack.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per attack batch.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random starts.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@threads_option
+def vision_evaluate(run, quiet, **opts) -> None:
+    """Attack a trained run's model and record clean and robust accuracy in RUN/eval-*.json."""
+    from vision.evaluate import evaluate_run
+
+    try:
+        r = evaluate_run(run, progress=not quiet, **opts)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    eps = r["eps"] if isinstance(r["eps"], dict) else f"{r['eps']:.4g}"
+    click.echo(f"{run}: {r['attack']} {r['norm']} eps={eps} steps={r['steps']} restarts={r['restarts']} "
+               f"n={r['n']}: clean {r['clean_acc']:.4f}, robust {r['robust_acc']:.4f} ({r['seconds']:.1f} s)")
+
+
+# ---- end vision commands ----
