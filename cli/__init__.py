@@ -4,7 +4,8 @@ Each ``*_cmds`` module attaches its commands to the groups of :mod:`cli.app`; im
 registers them all.
 """
 
-from cli import data_cmds, lob_cmds, vision_cmds  # noqa: F401  (registers the commands)
+import cli.vision_distill_cmds  # noqa: F401  (registers the commands)
+from cli import data_cmds, lob_cmds, sweep_cmds, vision_certify_cmds, vision_cmds, vision_studies_cmds  # noqa: F401  (registers the commands)
 from cli.app import main
 
 __all__ = ["main"]

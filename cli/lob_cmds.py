@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from cli.app import lob, threads_option
 
+# data_loaders.synthetic.PRESETS (listed here so that --help does not import the simulator)
+SYNTHETIC_MARKETS = ["thick", "thin", "thick-zi", "thin-zi"]
+
 
 # ---- lob synth (issue: synthetic market) ----
 @lob.command("synth")
-@click.option("--preset", type=click.Choice(["thick", "thin"]), default="thick", show_default=True,
-              help="thick: about $9, 1-tick spread, tens of thousands of shares on 10 levels (like Ford); "
-                   "thin: about $580, wide spread, a few thousand shares (like GOOG).")
+@click.option("--market", type=click.Choice(SYNTHETIC_MARKETS), default=None,
+              help="Synthetic market [default: thick]. thick: about $9, 1-tick spread, tens of thousands of shares "
+                   "on 10 levels (like Ford); thin: about $580, wide spread, a few thousand shares (like GOOG); "
+                   "thick-zi / thin-zi: the earlier defaults without the planted informed flow.")
+@click.option("--preset", "market_alias", type=click.Choice(SYNTHETIC_MARKETS), default=None, hidden=True,
+              help="Old name of --market.")
 @click.option("--days", type=click.IntRange(min=1), default=5, show_default=True,
               help="Trading days (weekdays) to simulate; one message/orderbook pair per day.")
 @click.option("--hours", type=click.FloatRange(min=0, max=6.5, min_open=True), default=1.0, show_default=True,
@@ -27,19 +35,23 @@ from cli.app import lob, threads_option
 @click.option("--start-date", default="2019-09-03", show_default=True,
               help="First date (YYYY-MM-DD); weekends are skipped, holidays are not.")
 @threads_option
-def lob_synth(preset: str, days: int, hours: float, out_dir: str, seed: int, levels: int, as_zip: bool,
-              ticker: str | None, start_date: str) -> None:
-    """Simulate a zero-intelligence market and write real LOBSTER files (one pair per trading day)."""
+def lob_synth(market: str | None, market_alias: str | None, days: int, hours: float, out_dir: str, seed: int,
+              levels: int, as_zip: bool, ticker: str | None, start_date: str) -> None:
+    """Simulate a zero-intelligence market and write real LOBSTER files (one pair per trading day).
+
+    Finished days are written atomically; after Ctrl-C the days already written stay and rerunning the command
+    rewrites the same bytes.
+    """
     from data_loaders.synthetic import write_days
 
-    try:
-        paths = write_days(out_dir, preset=preset, days=days, hours=hours, seed=seed, levels=levels,
-                           ticker=ticker, start_date=start_date, zip=as_zip, progress=True)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    if market and market_alias and market != market_alias:
+        raise click.UsageError(f"--market {market} and --preset {market_alias} disagree; give --market only")
+    market = market or market_alias or "thick"
+    paths = write_days(out_dir, preset=market, days=days, hours=hours, seed=seed, levels=levels,
+                       ticker=ticker, start_date=start_date, zip=as_zip, progress=True)
     for p in paths:
         click.echo(str(p))
-    click.echo(f"wrote {len(paths)} day(s) of the {preset!r} synthetic market to {out_dir}")
+    click.echo(f"wrote {len(paths)} day(s) of the {market!r} synthetic market to {out_dir}")
 
 
 
@@ -55,19 +67,48 @@ def _train_market(cfg_data: dict, features):
                              train_fraction=cfg_data["train_fraction"], progress=True)
 
 
+def _synthetic_days(out: Path, market: str, spec: dict, fresh: bool) -> tuple[str, ...]:
+    """The synthetic days of ``lob train --synthetic``: reused from a previous call into the same OUT with the same
+    market, days, hours and seed (a resumed run does not simulate them again), else written into OUT/data."""
+    from data_loaders.rundir import read_json, resolve_stored_path
+    from data_loaders.synthetic import write_days
+
+    if not fresh and (out / "config.json").is_file():
+        old = read_json(out / "config.json")
+        old = old.get("data") if isinstance(old, dict) else None
+        if isinstance(old, dict) and old.get("synthetic") == market and old.get("synthetic_spec") == spec:
+            paths = [resolve_stored_path(p, out) for p in old.get("paths") or []]
+            if paths and all(p.is_file() for p in paths):
+                click.echo(f"{out / 'data'}: reusing the {len(paths)} synthetic day(s) written by the previous call",
+                           err=True)
+                return tuple(str(p) for p in paths)
+    return tuple(str(p) for p in write_days(out / "data", market, days=spec["days"], hours=spec["hours"],
+                                            seed=spec["seed"], progress=True))
+
+
 @lob.command("train")
 @click.option("--data", "data_paths", multiple=True, type=click.Path(exists=True),
               help="LOBSTER day(s): a message csv, a LOBSTER .zip or a folder (several days are expanded in date "
                    "order). Repeat for more days. Several days split by day (first 80% train), one day by time.")
-@click.option("--synthetic", type=click.Choice(["thick", "thin"]), default=None,
+@click.option("--synthetic", type=click.Choice(SYNTHETIC_MARKETS), default=None,
               help="Instead of --data: simulate this synthetic market into OUT/data first.")
 @click.option("--days", type=click.IntRange(min=1), default=5, show_default=True, help="Synthetic days.")
 @click.option("--hours", type=click.FloatRange(min=0, max=6.5, min_open=True), default=1.0, show_default=True,
               help="Synthetic hours per day, from 09:30.")
 @click.option("--model", "kind", type=click.Choice(["linear", "mlp", "lstm"]), default="mlp", show_default=True,
               help="Valuation model.")
+@click.option("--inputs", default="swa", show_default=True,
+              help="Comma-separated input channels (feature adapters of the book): swa (the thesis input), mid, "
+                   "microprice, imbalance (best level), depth_imbalance (top-L), depth (bid, ask), spread; "
+                   "e.g. swa,imbalance,mid. See docs/models.md.")
+@click.option("--val-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+              help="Share of the training time held out for early stopping [default: 0.2; 0 keeps the final "
+                   "weights].")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+              help="Adam weight decay (L2) [default: see docs/models.md].")
 @click.option("--preset", type=click.Choice(["small", "paper"]), default="small", show_default=True,
-              help="small: CPU-sized (MLP 2x256, LSTM pooled by 20 then 1x32); paper: thesis sizes (needs a GPU).")
+              help="Size preset of the model (and its training defaults): small: CPU-sized (MLP 2x256, LSTM pooled "
+                   "by 20 then 1x32); paper: thesis sizes (needs a GPU).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Run directory to write.")
 @click.option("--steps", type=click.IntRange(min=0), default=None,
               help="Optimiser steps [default: 1500 small, 5000 paper]. Raise it to continue a finished run.")
@@ -91,9 +132,9 @@ def _train_market(cfg_data: dict, features):
               help="Test snippets for the evaluation after training.")
 @click.option("--fresh", is_flag=True, help="Ignore a checkpoint in OUT instead of resuming from it.")
 @threads_option
-def lob_train(data_paths, synthetic, days, hours, kind, preset, out_dir, steps, batch, lr, optimizer, window,
-              horizon, dt, start, end, relative, device, seed, eval_n, fresh) -> None:
-    """Train a valuation model (SWA window -> down/flat/up) and evaluate it on held-out test snippets.
+def lob_train(data_paths, synthetic, days, hours, kind, inputs, val_fraction, weight_decay, preset, out_dir, steps,
+              batch, lr, optimizer, window, horizon, dt, start, end, relative, device, seed, eval_n, fresh) -> None:
+    """Train a valuation model (input window -> down/flat/up) and evaluate it on held-out test snippets.
 
     Writes OUT/config.json, checkpoint.safetensors (resumable: rerun the same command after Ctrl-C),
     weights.safetensors, model.json, train_log.json and metrics.json.
@@ -106,17 +147,21 @@ def lob_train(data_paths, synthetic, days, hours, kind, preset, out_dir, steps, 
 
     if bool(data_paths) == bool(synthetic):
         raise click.UsageError("give either --data PATH (repeatable) or --synthetic PRESET")
-    if synthetic:
-        from data_loaders.synthetic import write_days
+    from data_loaders.rundir import stored_path
 
-        data_paths = tuple(str(p) for p in write_days(Path(out_dir) / "data", synthetic, days=days, hours=hours,
-                                                      seed=seed, progress=True))
+    spec = {"days": days, "hours": hours, "seed": seed}
+    if synthetic:
+        data_paths = _synthetic_days(Path(out_dir), synthetic, spec, fresh)
     features = FeatureConfig(dt=dt, window_s=window, horizon_s=horizon, labels=LabelConfig(relative=relative))
-    data_cfg = {"paths": [str(Path(p).resolve()) for p in data_paths], "dt": dt, "start": start, "end": end,
+    # Data inside the run are stored relative to it (the run can be moved with them), other data absolutely.
+    data_cfg = {"paths": [stored_path(p, out_dir) for p in data_paths], "dt": dt, "start": start, "end": end,
                 "split": "auto", "train_fraction": 0.8, "synthetic": synthetic}
+    if synthetic:
+        data_cfg["synthetic_spec"] = spec
     cfg = default_config(kind, preset, features, steps=steps, batch=batch, lr=lr, optimizer=optimizer, device=device,
-                         seed=seed, eval_n=eval_n, data=data_cfg)
-    market = _train_market(data_cfg, features)
+                         seed=seed, eval_n=eval_n, data=data_cfg, inputs=inputs, val_fraction=val_fraction,
+                         weight_decay=weight_decay)
+    market = _train_market(dict(data_cfg, paths=[str(p) for p in data_paths]), features)
     click.echo(f"market: {len(market.books)} day(s), split by {market.split}: {market.n_train:,} train / "
                f"{market.n_test:,} test snippet starts")
     trained = train(cfg, market, out_dir, progress=True, resume=not fresh)
@@ -130,15 +175,20 @@ def lob_train(data_paths, synthetic, days, hours, kind, preset, out_dir, steps, 
 @click.option("--n", "n", type=click.IntRange(min=1), default=10_000, show_default=True, help="Test snippets.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test-snippet draw.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda ...")
+@click.option("--data", "data_paths", multiple=True, type=click.Path(exists=True),
+              help="Where the run's data are now, when they have moved (same days, same order as in "
+                   "RUN/config.json). Repeatable.")
 @threads_option
-def lob_evaluate(run: str, n: int, seed: int, device: str) -> None:
-    """Evaluate a trained run on its market's test snippets; writes RUN/metrics.json."""
+def lob_evaluate(run: str, n: int, seed: int, device: str, data_paths: tuple[str, ...]) -> None:
+    """Evaluate a trained run on its market's test snippets; writes RUN/metrics.json.
+
+    Data paths inside the run are stored relative to it, so a run moved together with its data still evaluates.
+    """
+    from lobsim.runs import market_of
     from lobsim.train import evaluate, load_run
 
     trained = load_run(run, device=device)
-    if not trained.config.data:
-        raise click.ClickException(f"{run}: config holds no data paths; evaluate it from Python with a Market")
-    market = _train_market(trained.config.data, trained.config.features)
+    market = market_of(trained, progress=True, paths=list(data_paths) or None)
     click.echo(evaluate(trained, market, n=n, seed=seed).summary())
 
 
@@ -254,9 +304,10 @@ def lob_report(runs, out_dir) -> None:
               help="Run directory for data, models, records, tables and figures.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything (same seed, same numbers).")
 @click.option("--preset", type=click.Choice(["demo", "tiny", "paper"]), default="demo", show_default=True,
-              help="demo: 2-core CPU in minutes (3 synthetic days x 1 h, dt = 0.1 s, small models); tiny: seconds "
+              help="Size preset of the whole experiment: demo: 2-core CPU in minutes (3 synthetic days x 1 h, "
+                   "dt = 0.1 s, small models); tiny: seconds "
                    "(smoke test); paper: thesis grid (dt = 0.01 s) and model sizes, needs a GPU.")
-@click.option("--synthetic", type=click.Choice(["thick", "thin"]), default=None,
+@click.option("--synthetic", type=click.Choice(SYNTHETIC_MARKETS), default=None,
               help="Synthetic market preset [default: thick] (ignored with --data).")
 @click.option("--data", "data_paths", multiple=True, type=click.Path(exists=True),
               help="Real LOBSTER day(s) instead of the synthetic market (one day splits by time). Repeatable.")

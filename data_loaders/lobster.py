@@ -161,18 +161,28 @@ def _pairs_from_names(names: list[str], archive: str | None) -> list[LobsterPair
     return pairs
 
 
+def _not_a_zip(path: Path) -> LobsterFormatError:
+    return LobsterFormatError(f"{path}: not a readable zip archive (truncated or corrupt: no zip directory at its "
+                              "end); download it again")
+
+
 def find_days(path: str | os.PathLike) -> list[LobsterPair]:
     """The LOBSTER message/orderbook pairs in a directory (not recursive) or a .zip (members are path-checked)."""
     path = Path(path)
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise LobsterFormatError(f"{path}: corrupt zip archive ({exc}); download it again") from exc
         for n in names:
             _safe_member(str(path), n)
         return _pairs_from_names(names, str(path))
     if path.is_dir():
         names = sorted(str(p) for p in path.iterdir() if p.is_file())
         return _pairs_from_names(names, None)
+    if path.suffix.lower() == ".zip":
+        raise _not_a_zip(path)
     raise LobsterFormatError(f"{path}: not a directory or a zip archive")
 
 
@@ -200,8 +210,13 @@ class _Source:
 
     def read(self) -> tuple[bytes, bytes]:
         if self.archive:
-            with zipfile.ZipFile(self.archive) as zf:
-                return zf.read(self.message), zf.read(self.orderbook)
+            import zlib
+
+            try:
+                with zipfile.ZipFile(self.archive) as zf:
+                    return zf.read(self.message), zf.read(self.orderbook)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise LobsterFormatError(f"{self.archive}: corrupt zip archive ({exc}); download it again") from exc
         return Path(self.message).read_bytes(), Path(self.orderbook).read_bytes()
 
     def stat_id(self) -> str:
@@ -242,10 +257,12 @@ def _resolve_source(path: str | os.PathLike, orderbook_path: str | os.PathLike |
     if path.is_dir():
         pair = _pick_one(path, find_days(path))
         return _resolve_source(pair.message, pair.orderbook)
+    if path.suffix.lower() == ".zip":
+        raise _not_a_zip(path)
     f = parse_name(path.name)
     if f is None:
         raise LobsterFormatError(f"{path}: file name does not follow the LOBSTER convention "
-                                 "TICKER_YYYY-MM-DD_START_END_message_L.csv; pass orderbook_path explicitly")
+                                 "TICKER_YYYY-MM-DD_START_END_message_L.csv; name its orderbook file with --orderbook")
     msg = path if f["kind"] == "message" else path.with_name(path.name.replace("_orderbook_", "_message_"))
     ob = msg.with_name(msg.name.replace("_message_", "_orderbook_"))
     for p in (msg, ob):
@@ -410,7 +427,7 @@ def _validate_messages(name: str, t: np.ndarray, et: np.ndarray, size: np.ndarra
     back = np.zeros(t.shape, bool)
     back[1:] = t[1:] < t[:-1]
     if back.any():
-        raise _bad_row(name, back, lambda i: f"time goes backwards ({t[i]!r} after {t[i - 1]!r})")
+        raise _bad_row(name, back, lambda i: f"time goes backwards ({float(t[i])!r} after {float(t[i - 1])!r})")
     bad_type = ~np.isin(et, EVENT_TYPES)
     if bad_type.any():
         raise _bad_row(name, bad_type, lambda i: f"unknown event type {int(et[i])} (expected one of {EVENT_TYPES})")

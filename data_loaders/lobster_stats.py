@@ -98,3 +98,62 @@ def day_stats(day: LobsterDay) -> dict:
         "event_counts": {int(k): int(v) for k, v in zip(*np.unique(day.event_type, return_counts=True))},
         "swa_vol_1s": swa_vol,
     }
+
+
+# ------------------------------------------------------------------------------------- many days: one row each
+
+DAY_COLUMNS = ("ticker", "date", "levels", "rows", "span", "hours", "executions", "exec_per_hour", "volume",
+               "mean_spread", "depth_bid", "depth_ask", "price_min", "price_max", "halts")
+
+
+def day_row(st: dict) -> dict:
+    """The one-row summary of a day's :func:`day_stats` (the columns of ``advsim data inspect`` on many days)."""
+    return {
+        "ticker": st["ticker"], "date": st["date"], "levels": st["levels"], "rows": st["rows"],
+        "span": f"{st['start_clock'][:8]}-{st['end_clock'][:8]}", "hours": st["duration_s"] / 3600.0,
+        "executions": st["executions"], "exec_per_hour": st["executions_per_hour"],
+        "volume": st["executed_volume"], "mean_spread": st["mean_spread"], "depth_bid": st["mean_depth_bid"],
+        "depth_ask": st["mean_depth_ask"], "price_min": st["price_min"], "price_max": st["price_max"],
+        "halts": st["halts"],
+    }
+
+
+def days_totals(rows: list[dict], failed: int = 0) -> dict:
+    """Totals over day rows: days, tickers, dates, rows, hours, executions, volume, halts (and failed days)."""
+    return {
+        "days": len(rows),
+        "tickers": len({r["ticker"] for r in rows}),
+        "dates": len({r["date"] for r in rows}),
+        "rows": int(sum(r["rows"] for r in rows)),
+        "hours": float(sum(r["hours"] for r in rows)),
+        "executions": int(sum(r["executions"] for r in rows)),
+        "volume": int(sum(r["volume"] for r in rows)),
+        "halts": int(sum(r["halts"] for r in rows)),
+        "failed": int(failed),
+    }
+
+
+def _cell(v, spec: str) -> str:
+    if isinstance(v, float) and not np.isfinite(v):
+        return "-"
+    return format(v, spec)
+
+
+def format_days_table(rows: list[dict], totals: dict, errors: list[str] = ()) -> str:
+    """A plain-text table: one line per ticker-day, then the totals (and one line per day that failed)."""
+    head = ("ticker", "date", "L", "rows", "span", "hours", "execs", "execs/h", "spread $", "depth bid",
+            "depth ask", "price $")
+    body = [(r["ticker"], r["date"], str(r["levels"]), _cell(r["rows"], ","), r["span"], _cell(r["hours"], ".2f"),
+             _cell(r["executions"], ","), _cell(r["exec_per_hour"], ",.0f"), _cell(r["mean_spread"], ".4f"),
+             _cell(r["depth_bid"], ",.0f"), _cell(r["depth_ask"], ",.0f"),
+             f"{_cell(r['price_min'], ',.2f')}-{_cell(r['price_max'], ',.2f')}") for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))]
+    lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths)))
+              for b in body]
+    t = totals
+    lines.append(f"total: {t['days']} day(s), {t['tickers']} ticker(s), {t['dates']} date(s), {t['rows']:,} rows, "
+                 f"{t['hours']:,.2f} hours, {t['executions']:,} executions, volume {t['volume']:,}, "
+                 f"{t['halts']} halt(s)" + (f", {t['failed']} day(s) FAILED" if t["failed"] else ""))
+    lines += [f"failed: {msg}" for msg in errors]
+    return "\n".join(lines)

@@ -40,13 +40,16 @@ def choose_threads(requested: int = 0) -> int:
 def set_threads(requested: int = 0) -> int:
     """Set torch intra-op and Numba threads to :func:`choose_threads` (``requested``); returns the count used."""
     n = choose_threads(requested)
-    import torch
-
-    torch.set_num_threads(n)
+    # Numba first: its first set_num_threads launches its thread pool, which (OpenMP layer, one libgomp shared
+    # with torch) resets the OpenMP thread count that torch reads; setting torch afterwards makes torch's count
+    # stick (measured: the other order left torch at the core count).
     try:
         import numba
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     except (ImportError, ValueError):
         pass
+    import torch
+
+    torch.set_num_threads(n)
     return n

@@ -79,6 +79,7 @@ class SyntheticConfig:
     regime_rate: float = 0.05  # switches of the hidden order-flow regime per second (mean duration 20 s)
     flow_bias: float = 0.6  # market buy probability 0.5 + 0.5 * bias * regime - anchor_pull * (mid / open - 1)
     anchor_pull: float = 15.0  # mild pull of the order flow back to the day's opening price
+    limit_bias: float = 0.0  # a limit order is a bid with probability 0.5 + 0.5 * limit_bias * regime
     warmup: float = 600.0  # seconds simulated before 09:30 so the book starts in its steady state
     day_jitter: float = 0.02  # relative s.d. of the opening price from day to day
 
@@ -93,36 +94,49 @@ class SyntheticConfig:
         for f in (*rates, "anchor_pull"):
             if getattr(self, f) < 0:
                 raise ValueError(f"SyntheticConfig {self.name!r}: {f} must be >= 0")
-        if not 0 <= self.flow_bias <= 1 or not 0 <= self.odd_lot_prob <= 1 or not 0 <= self.partial_cancel_prob <= 1:
-            raise ValueError(f"SyntheticConfig {self.name!r}: flow_bias and probabilities must be in [0, 1]")
+        probs = (self.flow_bias, self.limit_bias, self.odd_lot_prob, self.partial_cancel_prob)
+        if not all(0 <= p <= 1 for p in probs):
+            raise ValueError(f"SyntheticConfig {self.name!r}: flow_bias, limit_bias and probabilities must be in "
+                             "[0, 1]")
         if self.limit_rate <= 0 or self.cancel_rate <= 0:
             raise ValueError(f"SyntheticConfig {self.name!r}: limit_rate and cancel_rate must be > 0")
 
 
+# The earlier defaults ("-zi": zero-intelligence flow with only the mild 20 s order-flow regime), kept so that
+# results obtained on them can be reproduced byte for byte.
+_THICK_ZI = SyntheticConfig(name="thick-zi")
+_THIN_ZI = SyntheticConfig(
+    name="thin-zi",
+    ticker="THIN",
+    price=580.0,
+    limit_rate=5.0,
+    limit_alpha=0.1,
+    max_distance=250,
+    cancel_rate=0.1,
+    cancel_far=0.1,
+    market_rate=0.5,
+    size_alpha=1.5,
+    max_lots=20,
+    market_size_alpha=1.3,
+    market_max_lots=20,
+    odd_lot_prob=0.3,
+    partial_cancel_prob=0.02,
+    hidden_rate=0.17,
+    flow_bias=0.8,
+)
+# The planted, learnable mechanism of the defaults (docs/synthetic-market.md): an informed order-flow regime that
+# lasts minutes instead of seconds, and informed liquidity (limit orders lean to the regime's side).
+PLANTED = {"regime_rate": 0.005, "flow_bias": 0.8, "anchor_pull": 10.0, "limit_bias": 0.0}
+
 PRESETS: dict[str, SyntheticConfig] = {
     # About $9, 1-cent tick, a one-tick spread most of the time and thousands of shares per level (like Ford).
-    "thick": SyntheticConfig(),
+    "thick": dataclasses.replace(_THICK_ZI, name="thick", **PLANTED),
     # About $580, 1-cent tick, a wide spread and a sparse ladder of a few hundred shares per level (like GOOG).
-    "thin": SyntheticConfig(
-        name="thin",
-        ticker="THIN",
-        price=580.0,
-        limit_rate=5.0,
-        limit_alpha=0.1,
-        max_distance=250,
-        cancel_rate=0.1,
-        cancel_far=0.1,
-        market_rate=0.5,
-        size_alpha=1.5,
-        max_lots=20,
-        market_size_alpha=1.3,
-        market_max_lots=20,
-        odd_lot_prob=0.3,
-        partial_cancel_prob=0.02,
-        hidden_rate=0.17,
-        flow_bias=0.8,
-    ),
+    "thin": dataclasses.replace(_THIN_ZI, name="thin", **PLANTED),
+    "thick-zi": _THICK_ZI,
+    "thin-zi": _THIN_ZI,
 }
+SYNTHETIC_PRESETS = tuple(PRESETS)
 
 
 def _lots_cum(alpha: float, kmax: int) -> np.ndarray:
@@ -148,9 +162,14 @@ def _end_ms(hours: float) -> int:
 
 
 def simulate_raw(
-    cfg: SyntheticConfig, date: str, hours: float, seed: int, levels: int = 10, all_messages: bool = False
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """:func:`simulate_day` plus the number of events simulated (warm-up and unseen deep events included)."""
+    cfg: SyntheticConfig, date: str, hours: float, seed: int, levels: int = 10, all_messages: bool = False,
+    return_regimes: bool = False,
+) -> tuple:
+    """:func:`simulate_day` plus the number of events simulated (warm-up and unseen deep events included).
+
+    With ``return_regimes`` a fourth item: the regime log, int64 (R + 1,): the regime (+-1) at the start of the
+    warm-up, then the times (integer ns after midnight) of the R switches.
+    """
     _check_date(date)
     if levels < 1:
         raise ValueError(f"levels must be >= 1, got {levels}")
@@ -190,8 +209,9 @@ def simulate_raw(
     fp[eng.F_ODD_LOT] = cfg.odd_lot_prob if cfg.lot > 1 else 0.0
     fp[eng.F_PARTIAL] = cfg.partial_cancel_prob
     fp[eng.F_ANCHOR_PULL] = cfg.anchor_pull
+    fp[eng.F_LIMIT_BIAS] = cfg.limit_bias
     lam_cum = np.cumsum(np.arange(1, cfg.max_distance + 1, dtype=np.float64) ** -cfg.limit_alpha)
-    msgs, book, n_events = eng.simulate_events(
+    msgs, book, n_events, regimes = eng.simulate_events(
         engine_seed,
         ip,
         fp,
@@ -202,7 +222,17 @@ def simulate_raw(
     )
     if msgs.shape[0] < cap // 2:  # give back an oversized buffer
         msgs, book = msgs.copy(), book.copy()
+    if return_regimes:
+        return msgs, book, int(n_events), regimes
     return msgs, book, int(n_events)
+
+
+def regime_path(cfg: SyntheticConfig, date: str, hours: float, seed: int, times: np.ndarray) -> np.ndarray:
+    """The hidden order-flow regime (+1 / -1) in force at each of ``times`` (seconds after midnight) on the day
+    that ``simulate_day(cfg, date, hours, seed)`` simulates (it is simulated again). Used by the oracle."""
+    *_, log = simulate_raw(cfg, date, hours, seed, return_regimes=True)
+    n = np.searchsorted(log[1:] / 1e9, np.asarray(times, np.float64), side="right")
+    return np.where(n % 2 == 0, log[0], -log[0]).astype(np.int64)
 
 
 def simulate_day(

@@ -26,7 +26,8 @@ F_FLOW_BIAS = 5  # P(buy market order) = 0.5 + 0.5 * bias * regime
 F_ODD_LOT = 6  # probability that a limit order is an odd lot (1..lot-1 shares)
 F_PARTIAL = 7  # probability that a cancellation is partial (type 2) when possible
 F_ANCHOR_PULL = 8  # P(buy) is lowered by pull * (mid / opening price - 1): mild mean reversion to the open
-N_FP = 9
+F_LIMIT_BIAS = 9  # P(a limit order is a bid) = 0.5 + 0.5 * limit_bias * regime (informed liquidity)
+N_FP = 10
 
 # indices into the int parameter vector ``ip``
 I_START_NS = 0
@@ -169,10 +170,12 @@ def simulate_events(
     theta: np.ndarray,
     size_cum: np.ndarray,
     mo_size_cum: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Run the event loop; return (msgs (N, 6) int64, book (N, 4L) int64, number of book events).
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Run the event loop; return (msgs (N, 6) int64, book (N, 4L) int64, number of book events, regime log).
 
     The arrays returned are the first N rows of the output buffers (``ip[I_OUT_CAP]`` rows to start with).
+    The regime log (R + 1,) int64 holds the regime at the start of the warm-up (+-1) followed by the times (integer
+    ns after midnight) of the R regime switches.
 
     Book events are accepted limit orders, market orders, cancellations and hidden executions, warm-up and
     unseen deep events included (rejected thinning candidates and regime switches are not counted).
@@ -188,6 +191,7 @@ def simulate_events(
     limit_rate, market_rate, theta_max = fp[F_LIMIT_RATE], fp[F_MARKET_RATE], fp[F_THETA_MAX]
     hidden_rate, regime_rate, flow_bias = fp[F_HIDDEN_RATE], fp[F_REGIME_RATE], fp[F_FLOW_BIAS]
     odd_lot, partial, anchor_pull = fp[F_ODD_LOT], fp[F_PARTIAL], fp[F_ANCHOR_PULL]
+    limit_bias = fp[F_LIMIT_BIAS]
     n_theta = theta.shape[0]
 
     lo = max(1, init_tick - span)  # absolute tick of grid index 0 (prices stay > 0)
@@ -220,6 +224,9 @@ def simulate_events(
     n_events = 0
 
     regime = 1 if np.random.random() < 0.5 else -1
+    reg_log = np.empty(64, np.int64)
+    reg_log[0] = regime
+    n_reg = 1
     t = start_ns - warmup_ns
     base_rate = 2.0 * limit_rate + market_rate + hidden_rate + regime_rate
     while True:
@@ -231,7 +238,8 @@ def simulate_events(
         u = np.random.random() * rate
         if u < 2.0 * limit_rate:
             # ---------------- limit order
-            s = 0 if u < limit_rate else 1
+            # side: a bid with probability 0.5 + 0.5 * limit_bias * regime (exactly u < limit_rate when unbiased)
+            s = 0 if u < 2.0 * limit_rate * (0.5 + 0.5 * limit_bias * regime) else 1
             o = 1 - s
             ref = best[o] if best[o] >= 0 else last_best[o]
             d = _draw(lam_cum) + 1
@@ -367,6 +375,12 @@ def simulate_events(
         u -= hidden_rate
         if u < regime_rate:
             regime = -regime
+            if n_reg >= reg_log.shape[0]:
+                grown = np.empty(2 * reg_log.shape[0], np.int64)
+                grown[:n_reg] = reg_log[:n_reg]
+                reg_log = grown
+            reg_log[n_reg] = t
+            n_reg += 1
             continue
         # ---------------- cancellation candidate (thinning: accept with theta(d) / theta_max)
         if n_live == 0:
@@ -428,7 +442,7 @@ def simulate_events(
             msgs[n_out, 5] = 1 if s == 0 else -1
             _update_row(book, n_out, qty, best, levels, lo, tick, s, p)
             n_out += 1
-    return msgs[:n_out], book[:n_out], n_events
+    return msgs[:n_out], book[:n_out], n_events, reg_log[:n_reg]
 
 
 @njit(cache=True)

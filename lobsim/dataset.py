@@ -100,6 +100,7 @@ class Market:
                 raise ValueError(f"Market: day {i} has {bk.levels} levels, day 0 has {self.books[0].levels}")
         # The per-day SWA series, computed once (float64 dollars).
         self.series: list[np.ndarray] = []
+        self._features: dict[str, list[np.ndarray]] = {}  # adapter name -> per-day (T, c) channels
         for i, bk in enumerate(self.books):
             try:
                 self.series.append(swa(bk.prices, bk.sizes))
@@ -231,6 +232,76 @@ class Market:
             out[sel] = self.series[int(d)][start[sel, None] + offs]
         return out
 
+    def feature_series(self, name: str) -> list[np.ndarray]:
+        """Per day, float64 ``(T, c)`` channels of the adapter ``name`` (``lobsim.adapters``), computed once."""
+        from lobsim.adapters import get
+
+        if name not in self._features:
+            if name == "swa":
+                self._features[name] = [s[:, None] for s in self.series]
+            else:
+                adapter, out = get(name), []
+                for i, bk in enumerate(self.books):
+                    try:
+                        out.append(adapter.numpy(bk.prices, bk.sizes))
+                    except ValueError as exc:
+                        raise ValueError(f"Market: day {i} ({bk.ticker} {bk.date}): {exc}") from exc
+                self._features[name] = out
+        return self._features[name]
+
+    def windows(self, inputs: Sequence[str], day: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """float64 ``(B, W, C)`` input windows of the snippets: the channels of ``inputs``, in that order."""
+        day, start = _as_refs(day, start)
+        series = [self.feature_series(n) for n in inputs]
+        C = sum(s[0].shape[1] for s in series)
+        out = np.empty((day.shape[0], self.window, C), np.float64)
+        offs = np.arange(self.window, dtype=np.int64)
+        for d in np.unique(day):
+            sel = np.nonzero(day == d)[0]
+            self._check(int(d), start[sel], self.window)
+            idx = start[sel, None] + offs
+            c = 0
+            for s in series:
+                k = s[int(d)].shape[1]
+                out[sel, :, c:c + k] = s[int(d)][idx]
+                c += k
+        return out
+
+    def validation_split(self, fraction: float) -> tuple[list[Region], list[Region]]:
+        """Time-held-out validation inside the training part: (fit regions, validation regions).
+
+        In every training region the last ``fraction`` of its span becomes validation, after ``gap`` unused
+        steps, so no fit snippet shares a grid step with a validation snippet (as for the test split).
+        """
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"Market: validation fraction must be in (0, 1), got {fraction} (--val-fraction)")
+        W, H = self.window, self.horizon
+        fit, val = [], []
+        for r in self.train_regions:
+            span = r.hi - r.lo + W + H - 1  # steps covered by the region's snippets
+            cut = r.lo + math.floor((1.0 - fraction) * span)
+            fit.append(Region(r.day, r.lo, cut - W - H + 1))
+            val.append(Region(r.day, cut + self.gap, r.hi))
+        for name, regions in (("fit", fit), ("validation", val)):
+            if sum(x.count for x in regions) < 1:
+                raise ValueError(f"Market: no {name} snippet left after holding out {fraction:g} of the training "
+                                 f"time for validation; use more data or --val-fraction 0")
+        return fit, val
+
+    @staticmethod
+    def sample_regions(regions: Sequence[Region], n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` (day, start) pairs drawn uniformly (with replacement) over the starts of ``regions``."""
+        total = sum(r.count for r in regions)
+        return _draw(regions, rng.integers(0, total, size=n))
+
+    @staticmethod
+    def refs_in(regions: Sequence[Region], n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded set of ``n`` distinct (day, start) pairs of ``regions``, sorted; all of them if fewer exist."""
+        total = sum(r.count for r in regions)
+        flat = (np.arange(total, dtype=np.int64) if n >= total
+                else np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False)))
+        return _draw(regions, flat)
+
     def changes(self, day: np.ndarray, start: np.ndarray) -> np.ndarray:
         """The label's SWA change from the window's last snapshot to ``horizon`` steps later."""
         day, start = _as_refs(day, start)
@@ -283,22 +354,61 @@ class Market:
 
 
 def expand_day_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
-    """Replace each folder holding several LOBSTER days by their message files, sorted by (date, ticker)."""
+    """Every LOBSTER day named by ``paths``: one loadable path per day (a message csv or a one-day .zip).
+
+    Each path is a message csv, a LOBSTER .zip, a folder (its csv pairs and its .zip files, not recursive) or a
+    glob pattern (``*``, ``?``, ``[...]``, ``**``) matching any of these. The days of a folder or of a glob are
+    sorted by (date, ticker); the paths themselves keep the order given. A day named twice is kept once.
+    """
+    import glob as globmod
     from pathlib import Path
 
-    from data_loaders.lobster import find_days
+    from data_loaders.lobster import find_days, parse_name
+
+    def folder_days(folder: Path) -> list[tuple[str, str, str]]:
+        days = [(pr.date, pr.ticker, pr.message) for pr in find_days(folder)]
+        for z in sorted(folder.glob("*.zip")):
+            pairs = find_days(z)
+            if len(pairs) > 1:
+                raise ValueError(f"{z}: holds {len(pairs)} LOBSTER days; extract it or pass one day per zip")
+            days += [(pr.date, pr.ticker, str(z)) for pr in pairs]
+        return days
 
     out: list[str] = []
     for p in paths:
-        if Path(p).is_dir():
-            pairs = find_days(p)
-            if len(pairs) > 1:
-                out += [pr.message for pr in sorted(pairs, key=lambda pr: (pr.date, pr.ticker))]
-                continue
-        out.append(str(p))
-    if not out:
+        text = str(p)
+        if Path(text).exists():
+            if Path(text).is_dir():
+                days = folder_days(Path(text))
+                if not days:
+                    raise ValueError(f"{text}: no LOBSTER day found (message/orderbook csv pairs or .zip files)")
+                out += [d[2] for d in sorted(days)]
+            else:
+                out.append(text)
+        elif any(c in text for c in "*?["):
+            matches = sorted(globmod.glob(text, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{text}: no file or folder matches this pattern")
+            days = []
+            for m in matches:
+                if Path(m).is_dir():
+                    days += folder_days(Path(m))
+                elif m.endswith(".zip"):
+                    pairs = find_days(m)
+                    days.append((pairs[0].date, pairs[0].ticker, m) if pairs else ("", "", m))
+                elif (f := parse_name(m)) is not None and f["kind"] == "message":
+                    days.append((f["date"], f["ticker"], m))
+            if not days:
+                raise ValueError(f"{text}: the matching paths hold no LOBSTER day (message csv, .zip or folder)")
+            out += [d[2] for d in sorted(days)]
+        else:
+            raise FileNotFoundError(f"{text}: no such file or folder (a LOBSTER day, a folder of days or a glob)")
+    unique: dict[str, str] = {}
+    for p in out:
+        unique.setdefault(os.path.realpath(p), p)
+    if not unique:
         raise ValueError("Market.from_paths: no data paths given")
-    return out
+    return list(unique.values())
 
 
 def session_window(times: np.ndarray, start: float | None, end: float | None) -> tuple[float, float]:

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from data_loaders.rundir import make_run_dir, resolve_device, write_json
+from data_loaders.rundir import finish_run, make_run_dir, resolve_device
 from lobsim.attacks.capital import CapitalAttack, evaluate_orders, transfer_accuracy
 from lobsim.attacks.records import capital_curve, summarize, write_jsonl
 from lobsim.attacks.universal import UniversalAttack, evaluate_universal
+from lobsim.features import CLASS_NAMES
 from lobsim.snippets import SnippetBatch
 
 DEFAULT_BUDGETS = [1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6, 2e6]
@@ -42,6 +43,7 @@ class ExperimentConfig:
     window_s: float = 60.0
     horizon_s: float = 10.0
     models: list[str] = field(default_factory=lambda: ["linear", "mlp", "lstm"])
+    inputs: list[str] = field(default_factory=lambda: ["swa"])  # the models' input channels (lobsim.adapters)
     model_preset: str = "small"
     train_steps: int = 300
     train_batch: int = 128
@@ -111,21 +113,32 @@ def _market(cfg: ExperimentConfig, out: Path, progress: bool):
 
 
 def market_of(trained: Any, progress: bool = False):
-    """Rebuild the market a trained model was trained on (from its config's data entry)."""
-    from lobsim.dataset import Market
+    """Rebuild the market a trained model was trained on (from its config's data entry, see lobsim.runs)."""
+    from lobsim.runs import market_of as _market_of
 
-    d = trained.config.data
-    if not d or "paths" not in d:
-        raise ValueError(f"{trained.run_dir}: the model's config has no data entry; cannot rebuild its market")
-    return Market.from_paths(d["paths"], dt=d["dt"], start=d.get("start"), end=d.get("end"),
-                             features=trained.config.features, split=d.get("split", "auto"),
-                             train_fraction=d.get("train_fraction", 0.8), progress=progress)
+    return _market_of(trained, progress=progress)
+
+
+def _data_for(data_cfg: dict[str, Any], run_dir: Path, root: Path) -> dict[str, Any]:
+    """``data_cfg`` with paths stored relative to ``run_dir`` when the data lives inside ``root`` (movable runs)."""
+    from data_loaders.rundir import stored_path
+
+    return dict(data_cfg, paths=[stored_path(p, run_dir, root=root) for p in data_cfg["paths"]])
 
 
 def training_batches(market: Any, n: int, seed: int, chunk: int = 64) -> list[SnippetBatch]:
     """``n`` training snippets (seeded) cut into batches of ``chunk`` for the universal attack."""
     day, start = market.sample_train(n, np.random.default_rng([seed, 7]))
     return [market.batch(day[i:i + chunk], start[i:i + chunk]) for i in range(0, n, chunk)]
+
+
+def _bar(items: list, progress: bool, desc: str, unit: str):
+    """``items`` wrapped in a tqdm progress bar when ``progress``."""
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit=unit)
 
 
 def _row(ticker: str, name: str, **vals: Any) -> dict[str, Any]:
@@ -139,6 +152,26 @@ def capital_results(records: list, budget: float, budgets: list[float], ticker: 
     row = _row(ticker, name, a_test=s["a_test"], a_adv=s["a_adv"], capital=s["capital_mean"], size=s["size_mean"],
                cost=s["cost_mean"], n=s["n"])
     return {"summary": s, "curve": curve, "row": row}
+
+
+def accuracy_errors(records: list, budget: float, budgets: list[float], block: int | str,
+                    rand_correct: np.ndarray | None = None, seed: int = 0) -> dict[str, Any]:
+    """Block-bootstrap SEs (``lobsim.stats``, blocks of ``block`` grid steps) of A_test, A_adv at ``budget``, A_rand
+    and of every point of the accuracy-vs-capital curve, from per-snippet correctness of the attacked snippets."""
+    from lobsim.attacks.records import fooled_at
+    from lobsim.stats import block_bootstrap
+
+    day = np.array([r.day for r in records], np.int64)
+    start = np.array([r.start for r in records], np.int64)
+    clean = np.array([r.attacked for r in records], bool)  # attacked = classified correctly before the attack
+    cols = [clean] + [clean & ~fooled_at(records, c) for c in [budget, *budgets]]
+    if rand_correct is not None:
+        cols.append(np.asarray(rand_correct, bool))
+    res = block_bootstrap(np.stack(cols, 1).astype(np.float64), day, start, block, seed=seed)
+    k = len(budgets)
+    return {"a_test_se": res[0].se, "a_adv_se": res[1].se, "curve_se": [r.se for r in res[2:2 + k]],
+            "a_rand_se": res[2 + k].se if rand_correct is not None else None, "n_blocks": res[0].n_blocks,
+            "block": block, "se_kind": "block bootstrap"}
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True, overwrite: bool = False
@@ -161,7 +194,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     for i, kind in enumerate(cfg.models):
         t = time.perf_counter()
         tcfg = default_config(kind, cfg.model_preset, features, steps=cfg.train_steps, batch=cfg.train_batch,
-                              device=device, seed=cfg.seed + i, eval_n=cfg.eval_n, data=data_cfg)
+                              device=device, seed=cfg.seed + i, eval_n=cfg.eval_n, inputs=cfg.inputs,
+                              data=_data_for(data_cfg, out / "models" / kind, out))
         models[kind] = train(tcfg, market, out / "models" / kind, progress=progress, resume=False)
         evals[kind] = evaluate(models[kind], market, n=cfg.eval_n, seed=cfg.seed)
         timings[f"train_{kind}"] = time.perf_counter() - t
@@ -172,17 +206,26 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     batch = market.batch(day, start, tau)
 
     rows, curves, clean_att, records, results = [], {}, {}, {}, {}
+    t = time.perf_counter()
+    random_orders = RandomOrders(budget=cfg.random_budget)(batch, np.random.default_rng([cfg.seed, 3]))
+    a_rands, rand_correct = {}, {}
+    for kind in _bar(list(models), progress, f"random orders (${cfg.random_budget:,.0f})", "model"):
+        pred_r, _ = evaluate_orders(models[kind], batch, random_orders, device=device)
+        a_rands[kind] = float(np.mean(pred_r == batch.labels))
+        rand_correct[kind] = pred_r == batch.labels
+    timings["random"] = time.perf_counter() - t
     for kind, m in models.items():
         t = time.perf_counter()
-        orders = RandomOrders(budget=cfg.random_budget)(batch, np.random.default_rng([cfg.seed, 3]))
-        pred_r, _ = evaluate_orders(m, batch, orders, device=device)
-        a_rand = float(np.mean(pred_r == batch.labels))
+        a_rand = a_rands[kind]
         atk = CapitalAttack(budget=max(cfg.budgets), max_iter=cfg.max_iter, step_shares=cfg.step_shares,
                             batch_size=cfg.attack_batch, device=device, model_name=kind)
         recs = atk(m, batch, seed=cfg.seed, progress=progress)
         write_jsonl(out / f"records_{kind}.jsonl", recs)
         res = capital_results(recs, cfg.budget, cfg.budgets, ticker, kind)
         res["row"].update(a_rand=a_rand, a_test_eval=evals[kind].accuracy)
+        res["errors"] = accuracy_errors(recs, cfg.budget, cfg.budgets, market.window + market.horizon,
+                                        rand_correct=rand_correct[kind], seed=cfg.seed)
+        res["row"].update({k: res["errors"][k] for k in ("a_test_se", "a_adv_se", "a_rand_se")})
         res["a_rand"] = a_rand
         res["eval"] = evals[kind].to_dict()
         rows.append(res["row"])
@@ -233,8 +276,8 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
         o = dense_orders([r], one.window, one.levels)
         delta = propagate(o, one).delta
         np.savez(out / "fig_3_3.npz", sizes=np.where(one.mask[0], one.sizes[0], 0), orders=o[0], delta=delta[0],
-                 dt=cfg.dt, title=f"{fig_src}: label {r.label} -> predicted {r.pred_after}, capital "
-                                  f"${r.capital:,.0f}")
+                 dt=cfg.dt, title=f"{fig_src}: true class {CLASS_NAMES[r.label]} -> predicted "
+                                  f"{CLASS_NAMES[r.pred_after]}, capital ${r.capital:,.0f}")
     grid_note = (f"grid dt = {cfg.dt} s, window {cfg.window_s:g} s = {market.window} steps, horizon "
                  f"{cfg.horizon_s:g} s")
     report = {
@@ -245,7 +288,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
                       {"title": f"penalty ablation, surrogate {abl_src}", "target": cfg.universal_target,
                        "gamma": None, "matrix": ablation}],
         "curves": [{"title": f"Accuracy vs capital ({ticker}, {len(batch.labels)} test snippets)",
-                    "budgets": list(cfg.budgets), "accuracy": curves, "clean": clean_att}],
+                    "budgets": list(cfg.budgets), "accuracy": curves, "clean": clean_att,
+                    "se": {k: results[k]["errors"]["curve_se"] for k in curves}}],
+        "transfer": [{"title": f"orders crafted on one model, replayed on another ({ticker}, {len(batch.labels)} "
+                               "test snippets)", "matrix": transfer}],
+        "baselines": {k: evals[k].to_dict() for k in models},
     }
     timings["total"] = time.perf_counter() - t0
     metrics = {
@@ -259,10 +306,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     for s, p in patterns.items():
         np.save(out / f"universal_{s}.npy", p.pattern, allow_pickle=False)
     np.save(out / f"universal_{abl_src}_no_penalty.npy", plain.pattern, allow_pickle=False)
-    write_report(out, {"table_3_2": rows, "table_3_3": report["table_3_3"], "curves": report["curves"]},
-                 title=f"advsim attack experiment: {ticker} ({grid_note})")
-    figures_from_run(out, out)
-    write_json(out / "metrics.json", metrics)
+    figs = figures_from_run(out, out)
+    write_report(out, report, title=f"advsim attack experiment: {ticker} ({grid_note})", figures=figs)
+    finish_run(out, metrics)
     return metrics
 
 
@@ -289,17 +335,26 @@ def run_attack(kind: str, model_run: str | Path, out: str | Path, victims: tuple
 
     if kind not in ("capital", "random", "universal"):
         raise ValueError(f"attack kind must be capital, random or universal, got {kind!r}")
+    _check_attack_values(n=n, budget=budget, budgets=budgets, max_iter=max_iter, step_shares=step_shares,
+                         target=target, gamma=gamma, steps=steps, lr=lr, train_n=train_n)
     device = resolve_device(device)
     cfg = {k: v for k, v in locals().items() if k not in ("RandomOrders", "progress", "overwrite")}
     cfg["model_run"], cfg["out"], cfg["victims"] = str(model_run), str(out), [str(v) for v in victims]
-    out = make_run_dir(out, cfg, overwrite=overwrite)
+    # Everything that can be checked is checked before the run directory exists: a refused attack writes nothing.
+    from lobsim.runs import check_compatible
+
+    name = _name(model_run)
+    names = [name] + [_name(v) for v in victims]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--model and --victims need distinct folder names (they name the table rows): {names}")
     model = _load(model_run, device)
+    vic = {_name(v): _load(v, device) for v in victims}
+    check_compatible(model, vic)
     market = market_of(model, progress=progress)
     ticker = market.books[0].ticker
     day, start = market.test_refs(n, seed=seed + 1)
     batch = market.batch(day, start, model.tau)
-    vic = {_name(v): _load(v, device) for v in victims}
-    name = _name(model_run)
+    out = make_run_dir(out, cfg, overwrite=overwrite)
     metrics: dict[str, Any] = {"kind": kind, "model": name, "ticker": ticker, "n": int(batch.batch_size)}
     if kind == "random":
         orders = RandomOrders(budget=budget)(batch, np.random.default_rng([seed, 3]))
@@ -307,8 +362,13 @@ def run_attack(kind: str, model_run: str | Path, out: str | Path, victims: tuple
         for nm, m in {name: model, **vic}.items():
             pred, _ = evaluate_orders(m, batch, orders, device=device)
             clean, _ = evaluate_orders(m, batch, None, device=device)
+            from lobsim.stats import block_bootstrap
+
+            se = block_bootstrap(np.stack([clean == batch.labels, pred == batch.labels], 1).astype(np.float64),
+                                 batch.day, batch.start, market.window + market.horizon, seed=seed)
             rows.append(_row(ticker, nm, a_test=float(np.mean(clean == batch.labels)),
-                             a_rand=float(np.mean(pred == batch.labels)), n=int(batch.batch_size)))
+                             a_rand=float(np.mean(pred == batch.labels)), n=int(batch.batch_size),
+                             a_test_se=se[0].se, a_rand_se=se[1].se))
         metrics["report"] = {"table_3_2": rows}
     elif kind == "capital":
         budgets = sorted(set(budgets or [budget]) | {budget})
@@ -316,11 +376,17 @@ def run_attack(kind: str, model_run: str | Path, out: str | Path, victims: tuple
                              model_name=name)(model, batch, seed=seed, progress=progress)
         write_jsonl(out / "records.jsonl", recs)
         res = capital_results(recs, budget, budgets, ticker, name)
-        metrics.update(summary=res["summary"], curve=res["curve"], budgets=budgets)
+        errors = accuracy_errors(recs, budget, budgets, market.window + market.horizon, seed=seed)
+        res["row"].update(a_test_se=errors["a_test_se"], a_adv_se=errors["a_adv_se"])
+        metrics.update(summary=res["summary"], curve=res["curve"], budgets=budgets, errors=errors)
         metrics["transfer"] = {v: transfer_accuracy(recs, batch, m, device=device) for v, m in vic.items()}
         metrics["report"] = {"table_3_2": [res["row"]],
+                             "transfer": [{"title": f"orders crafted on {name}, replayed on the victims ({ticker}, "
+                                                    f"{batch.batch_size} test snippets)",
+                                           "matrix": {name: metrics["transfer"]}}] if vic else [],
                              "curves": [{"title": f"Accuracy vs capital ({ticker}, {name})", "budgets": budgets,
-                                         "accuracy": {name: res["curve"]}, "clean": {name: res["summary"]["a_test"]}}]}
+                                         "accuracy": {name: res["curve"]}, "clean": {name: res["summary"]["a_test"]},
+                                         "se": {name: errors["curve_se"]}}]}
     else:
         batches = training_batches(market, train_n, seed)
         res_u = UniversalAttack(target=target, gamma=gamma, steps=steps, lr=lr, device=device).fit(
@@ -332,9 +398,27 @@ def run_attack(kind: str, model_run: str | Path, out: str | Path, victims: tuple
         metrics["report"] = {"table_3_3": [{"title": f"universal target {['down', 'flat', 'up'][target]}, gamma = "
                                                      f"{gamma:g} ({ticker})", "target": target, "gamma": gamma,
                                             "matrix": matrix}]}
-        np.savez(out / "fig_3_2.npz", **{f"pattern_gamma_{gamma:g}": res_u.pattern}, dt=market.features.dt)
-    write_json(out / "metrics.json", metrics)
+        np.savez(out / "fig_3_2.npz", **{f"pattern_gamma_{gamma:g}": res_u.pattern}, dt=market.features.dt,
+                 title=f"universal pattern on {name}, target {CLASS_NAMES[target]}")
+    finish_run(out, metrics)
     return metrics
+
+
+def _check_attack_values(**v: Any) -> None:
+    """Refuse nonsense attack settings (one-line errors naming the flag) before anything is loaded."""
+    flag = {k: "--" + k.replace("_", "-") for k in v}
+    for k in ("n", "max_iter", "steps", "train_n"):
+        if int(v[k]) < 1:
+            raise ValueError(f"{flag[k]} must be >= 1, got {v[k]}")
+    for k in ("budget", "step_shares", "lr"):
+        if not np.isfinite(v[k]) or v[k] <= 0:
+            raise ValueError(f"{flag[k]} must be a positive number, got {v[k]:g}")
+    if v["budgets"] is not None and any(not np.isfinite(b) or b <= 0 for b in v["budgets"]):
+        raise ValueError(f"--budgets must be positive dollar amounts, got {', '.join(f'{b:g}' for b in v['budgets'])}")
+    if not np.isfinite(v["gamma"]) or v["gamma"] < 0:
+        raise ValueError(f"--gamma must be >= 0, got {v['gamma']:g}")
+    if v["target"] not in (0, 1, 2):
+        raise ValueError(f"--target must be down, flat or up, got {v['target']}")
 
 
 def config_dict(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -104,6 +104,101 @@ class Normalizer:
 
 
 @dataclass
+class InputNormalizer:
+    """Per-channel normalisation of input windows ``(B, W, C)`` read from the feature adapters.
+
+    ``kinds[c]``: ``"last"`` for price-like channels, ``x = (v - v[:, -1]) / scale`` with ``scale`` the RMS of
+    ``v - v[:, -1]`` over training windows (shift-invariant; for SWA alone this is exactly :class:`Normalizer`), or
+    ``"standard"``, ``x = (v - centre) / scale`` with the training mean and standard deviation over all steps.
+    ``inputs`` names the adapters the channels come from (``lobsim.adapters``).
+    """
+
+    inputs: tuple[str, ...] = ("swa",)
+    kinds: tuple[str, ...] = ("last",)
+    centre: tuple[float, ...] = (0.0,)
+    scale: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        self.inputs, self.kinds = tuple(self.inputs), tuple(self.kinds)
+        self.centre = tuple(float(c) for c in self.centre)
+        self.scale = tuple(float(c) for c in self.scale)
+        if not (len(self.kinds) == len(self.centre) == len(self.scale) >= 1):
+            raise ValueError(f"InputNormalizer: kinds, centre and scale need one entry per channel, got {self}")
+        for k, c, sc in zip(self.kinds, self.centre, self.scale):
+            if k not in ("last", "standard"):
+                raise ValueError(f"InputNormalizer: unknown kind {k!r} (use 'last' or 'standard')")
+            if not np.isfinite(sc) or sc <= 0 or not np.isfinite(c):
+                raise ValueError(f"InputNormalizer: scale must be positive and finite, centre finite; got {sc}, {c}")
+
+    @property
+    def channels(self) -> int:
+        return len(self.kinds)
+
+    @classmethod
+    def fit(cls, windows: np.ndarray, price_like: list[bool], inputs: tuple[str, ...] = ("swa",)) -> InputNormalizer:
+        """Fit on training windows ``(B, W, C)`` (or ``(B, W)`` for one channel)."""
+        w = np.asarray(windows, dtype=np.float64)
+        w = w[..., None] if w.ndim == 2 else w
+        if w.shape[-1] != len(price_like):
+            raise ValueError(f"InputNormalizer.fit: {w.shape[-1]} channels but {len(price_like)} price-like flags")
+        kinds, centre, scale = [], [], []
+        for c, pl in enumerate(price_like):
+            v = w[..., c]
+            if pl:
+                d = v - v[:, -1:]
+                rms = float(np.sqrt(np.mean(d * d))) if d.size else 0.0
+                rms = rms if rms > 1e-9 else 0.0
+                kinds.append("last")
+                centre.append(0.0)
+                scale.append(rms if rms > 0 and np.isfinite(rms) else 1.0)
+            else:
+                sd = float(v.std()) if v.size else 0.0
+                mean = float(v.mean()) if v.size else 0.0
+                kinds.append("standard")
+                centre.append(mean)
+                # A (numerically) constant channel keeps scale 1: float32 rounding must not be blown up.
+                scale.append(sd if sd > 1e-6 * max(1.0, abs(mean)) and np.isfinite(sd) else 1.0)
+        return cls(tuple(inputs), tuple(kinds), tuple(centre), tuple(scale))
+
+    @classmethod
+    def from_swa(cls, normalizer: Normalizer) -> InputNormalizer:
+        """The SWA-only normaliser of older model files (identical numbers)."""
+        return cls(("swa",), ("last",), (0.0,), (normalizer.scale,))
+
+    def numpy(self, windows: np.ndarray) -> np.ndarray:
+        """Normalise float64 windows ``(B, W, C)`` -> float32 ``(B, W, C)`` (``(B, W)`` in, ``(B, W)`` out)."""
+        w = np.asarray(windows, dtype=np.float64)
+        flat = w.ndim == 2
+        w = w[..., None] if flat else w
+        out = np.empty(w.shape, np.float32)
+        for c, (k, ce, sc) in enumerate(zip(self.kinds, self.centre, self.scale)):
+            v = w[..., c]
+            out[..., c] = ((v - v[..., -1:]) / sc if k == "last" else (v - ce) / sc).astype(np.float32)
+        return out[..., 0] if flat else out
+
+    def torch(self, windows: torch.Tensor) -> torch.Tensor:
+        """Normalise a tensor ``(B, W, C)`` or ``(B, W)`` (differentiable, same dtype and device)."""
+        flat = windows.dim() == 2
+        w = windows.unsqueeze(-1) if flat else windows
+        parts = []
+        for c, (k, ce, sc) in enumerate(zip(self.kinds, self.centre, self.scale)):
+            v = w[..., c]
+            parts.append((v - v[..., -1:]) / sc if k == "last" else (v - ce) / sc)
+        return parts[0] if flat else torch.stack(parts, dim=-1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": list(self.inputs), "kinds": list(self.kinds), "centre": list(self.centre),
+                "scale": list(self.scale)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InputNormalizer:
+        """Read :meth:`to_dict`, or an older SWA-only ``Normalizer`` dict (``{"scale": s, "kind": "last"}``)."""
+        if "kinds" not in d:
+            return cls.from_swa(Normalizer.from_dict(d))
+        return cls(tuple(d["inputs"]), tuple(d["kinds"]), tuple(d["centre"]), tuple(d["scale"]))
+
+
+@dataclass
 class LabelConfig:
     """How labels are made: change = SWA(end + horizon) - SWA(end), absolute dollars or ``relative`` (fraction).
 

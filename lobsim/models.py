@@ -1,4 +1,9 @@
-"""Valuation models: normalised SWA windows ``(B, W)`` -> logits ``(B, 3)`` (down, flat, up).
+"""Valuation models: normalised input windows ``(B, W, C)`` (or SWA-only ``(B, W)``) -> logits ``(B, 3)``.
+
+``C`` channels come from the feature adapters (``lobsim.adapters``; SWA alone is the thesis input, C = 1). A
+``(B, W)`` input is the same as ``(B, W, 1)``, and a C = 1 model computes exactly what the SWA-only models always
+did (same parameters, same state-dict keys). The MLP flattens the pooled window time-major ``(W' x C)``; the
+LSTM reads C features per step.
 
 Presets: ``paper`` (thesis sizes: Linear W->3, MLP 4 x 8,000 ReLU, LSTM 3 x 100 on the raw per-step sequence)
 and ``small`` (fits a 2-core CPU: MLP 2 x 256, LSTM that average-pools the window by 20 then 1 layer of 32).
@@ -35,7 +40,7 @@ class ModelConfig:
 
     ``pool``: average-pool the window by this factor first (the oldest ``W % pool`` steps are dropped).
     ``hidden``: MLP hidden widths, or ``[hidden_size]`` for the LSTM; ``layers``: LSTM layers.
-    ``dropout``: after every MLP hidden layer / between LSTM layers.
+    ``dropout``: after every MLP hidden layer / between LSTM layers. ``channels``: input channels per step (C).
     """
 
     kind: str = "mlp"
@@ -46,6 +51,7 @@ class ModelConfig:
     layers: int | None = None
     dropout: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    channels: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -56,6 +62,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig: window must be >= 1, got {self.window}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelConfig: dropout must be in [0, 1), got {self.dropout}")
+        if self.channels < 1:
+            raise ValueError(f"ModelConfig: channels must be >= 1, got {self.channels}")
 
     def resolved(self) -> ModelConfig:
         """A copy with every ``None`` replaced by the preset's value (what is stored with a trained model)."""
@@ -81,7 +89,8 @@ class ModelConfig:
 
 
 class AvgPool(nn.Module):
-    """Average-pool ``(B, W)`` by ``factor`` -> ``(B, W // factor)``, dropping the oldest ``W % factor`` steps."""
+    """Average-pool ``(B, W)`` or ``(B, W, C)`` by ``factor`` over time -> ``(B, W // factor[, C])``, dropping the
+    oldest ``W % factor`` steps."""
 
     def __init__(self, window: int, factor: int) -> None:
         super().__init__()
@@ -92,17 +101,29 @@ class AvgPool(nn.Module):
         if self.factor == 1:
             return x
         x = x[:, x.shape[1] - self.keep :]
-        return x.reshape(x.shape[0], self.keep // self.factor, self.factor).mean(dim=2)
+        return x.reshape(x.shape[0], self.keep // self.factor, self.factor, *x.shape[2:]).mean(dim=2)
+
+
+def _check_input(x: torch.Tensor, window: int, channels: int) -> torch.Tensor:
+    """``(B, W)`` -> itself when C = 1; ``(B, W, C)`` -> itself, or ``(B, W)`` when C = 1 (one code path)."""
+    if x.dim() == 3:
+        if x.shape[1:] != (window, channels):
+            raise ValueError(f"model: input {tuple(x.shape)} does not match window {window} x {channels} channel(s)")
+        return x[..., 0] if channels == 1 else x
+    if x.dim() != 2 or channels != 1 or x.shape[1] != window:
+        raise ValueError(f"model: input {tuple(x.shape)} does not match window {window} x {channels} channel(s)")
+    return x
 
 
 class MLPModel(nn.Module):
-    """Pool -> [Linear -> ReLU -> Dropout] x len(hidden) -> Linear(., 3). ``hidden=[]`` is the linear model."""
+    """Pool -> flatten -> [Linear -> ReLU -> Dropout] x len(hidden) -> Linear(., 3). ``hidden=[]``: linear model."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.window, self.channels = cfg.window, cfg.channels
         self.pool = AvgPool(cfg.window, cfg.pool)
         layers: list[nn.Module] = []
-        width = cfg.window // cfg.pool
+        width = (cfg.window // cfg.pool) * cfg.channels
         for h in cfg.hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             if cfg.dropout > 0:
@@ -112,17 +133,19 @@ class MLPModel(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.pool(x))
+        x = self.pool(_check_input(x, self.window, self.channels))
+        return self.net(x if x.dim() == 2 else x.flatten(1))
 
 
 class LSTMModel(nn.Module):
-    """Pool -> LSTM over the 1-feature sequence -> Linear(last hidden state of the top layer, 3)."""
+    """Pool -> LSTM over the C-feature sequence -> Linear(last hidden state of the top layer, 3)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.window, self.channels = cfg.window, cfg.channels
         self.pool = AvgPool(cfg.window, cfg.pool)
         self.lstm = nn.LSTM(
-            input_size=1,
+            input_size=cfg.channels,
             hidden_size=cfg.hidden[0],
             num_layers=cfg.layers,
             batch_first=True,
@@ -131,13 +154,14 @@ class LSTMModel(nn.Module):
         self.head = nn.Linear(cfg.hidden[0], N_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        seq = self.pool(x).unsqueeze(-1)
+        seq = self.pool(_check_input(x, self.window, self.channels))
+        seq = seq.unsqueeze(-1) if seq.dim() == 2 else seq
         _, (h, _) = self.lstm(seq)
         return self.head(h[-1])
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model of ``cfg`` (presets resolved): ``(B, window)`` float -> logits ``(B, 3)``."""
+    """The model of ``cfg`` (presets resolved): ``(B, window, channels)`` (or ``(B, window)``) -> logits ``(B, 3)``."""
     cfg = cfg.resolved()
     if cfg.kind == "linear":
         return MLPModel(replace(cfg, hidden=[]))

@@ -1,9 +1,14 @@
 """Training valuation models on freshly sampled snippets; saving and loading trained models without pickle.
 
 A run directory holds ``config.json`` (the TrainConfig), ``checkpoint.safetensors`` (model + optimiser + RNG
-state, rewritten atomically every ``ckpt_every`` steps and on Ctrl-C, so an interrupted run resumes where it
-stopped), then ``weights.safetensors`` + ``model.json`` (the finished model: config, normaliser, tau) and
-``train_log.json``; ``metrics.json`` comes from :func:`lobsim.evaluate.evaluate`.
+state + the best weights so far, rewritten atomically every ``ckpt_every`` steps and on Ctrl-C, so an interrupted
+run resumes where it stopped), then ``weights.safetensors`` + ``model.json`` (the finished model: config, inputs,
+normaliser, tau) and ``train_log.json``; ``metrics.json`` comes from :func:`lobsim.evaluate.evaluate`.
+
+Model selection never looks at the test snippets: with ``val_fraction > 0`` the last part of every training region
+(in time, after a gap of window + horizon steps) is a validation split; the validation loss is measured every
+``eval_every`` steps, training stops after ``patience`` evaluations without improvement, and the weights with the
+lowest validation loss are kept (early stopping).
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import torch
 from torch import nn
 
 from data_loaders.rundir import atomic_write_bytes, load_weights, read_json, resolve_device, save_weights, write_json
+from lobsim.adapters import features_torch, n_channels, parse_inputs, price_like_channels
 from lobsim.dataset import FeatureConfig, Market
 from lobsim.evaluate import EvalResult, evaluate
-from lobsim.features import Normalizer
+from lobsim.features import InputNormalizer, Normalizer
 from lobsim.models import ModelConfig, build_model, count_parameters
 
 MODEL_FORMAT = "advsim.valuation-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: model.json records the inputs; version 1 files (no inputs) are SWA-only
+READABLE_VERSIONS = (1, 2)
 OPTIMIZERS = ("adam", "sgd")
 
 __all__ = ["TrainConfig", "TrainedModel", "train", "load_run", "default_config", "evaluate", "EvalResult"]
@@ -38,7 +45,10 @@ class TrainConfig:
     ``optimizer``: ``adam`` (default: robust to the scale of 6,000 correlated inputs) or ``sgd`` (the thesis'
     choice; uses ``momentum``). ``scale_n``: training windows used to fit the normaliser. ``eval_n``: test
     snippets for the evaluation after training. ``data``: how the market was built (for ``advsim lob
-    evaluate``), filled by the CLI.
+    evaluate``), filled by the CLI. ``inputs``: the feature adapters the model reads (``lobsim.adapters``; SWA
+    alone is the thesis input). ``val_fraction``: share of every training region's time held out for early
+    stopping (0: none, the final weights are kept); ``eval_every`` steps between validation checks on ``val_n``
+    snippets; ``patience``: checks without improvement before stopping.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -57,12 +67,21 @@ class TrainConfig:
     ckpt_every: int = 200
     grad_clip: float | None = 5.0
     data: dict[str, Any] | None = None
+    inputs: list[str] = field(default_factory=lambda: ["swa"])
+    val_fraction: float = 0.0
+    eval_every: int = 50
+    patience: int = 8
+    val_n: int = 2000
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
         if isinstance(self.features, dict):
             self.features = FeatureConfig.from_dict(self.features)
+        self.inputs = list(parse_inputs(self.inputs))
+        if not 0.0 <= self.val_fraction < 1.0 or self.eval_every < 1 or self.patience < 1 or self.val_n < 1:
+            raise ValueError(f"TrainConfig: need 0 <= val_fraction < 1, eval_every, patience, val_n >= 1 (got "
+                             f"{self.val_fraction}, {self.eval_every}, {self.patience}, {self.val_n})")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"TrainConfig: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.steps < 0 or self.batch < 1 or self.lr <= 0:
@@ -88,55 +107,87 @@ def default_config(kind: str, preset: str, features: FeatureConfig | None = None
     # Adam moves every weight by ~lr per step; with W = 6,000 correlated inputs a first-layer output moves by
     # ~lr * W, so layers reading the raw window need a small lr (1e-3 makes the linear model's loss exceed ln 3).
     lr = {"linear": 1e-5, "mlp": 1e-4, "lstm": 1e-3}[kind]
-    base: dict[str, Any] = {"steps": 1500, "batch": 256, "lr": lr}
+    base: dict[str, Any] = {"steps": 1500, "batch": 256, "lr": lr, "val_fraction": 0.2, "eval_every": 50,
+                            "patience": 8}
     if preset == "paper":
-        base = {"steps": 5000, "batch": 2000, "lr": 1e-5 if kind == "mlp" else lr}
+        base.update(steps=5000, batch=2000, lr=1e-5 if kind == "mlp" else lr, eval_every=100)
     base.update({k: v for k, v in overrides.items() if v is not None})
+    base["inputs"] = list(parse_inputs(base.get("inputs")))
     return TrainConfig(model=ModelConfig(kind=kind, preset=preset, window=features.window), features=features, **base)
 
 
 @dataclass
 class TrainedModel:
-    """A trained model with what it needs to read raw SWA: the normaliser, the label threshold, the config."""
+    """A trained model with what it needs to read the book: its inputs, the normaliser, the label threshold.
+
+    ``normalizer`` is an :class:`~lobsim.features.InputNormalizer` (an SWA-only
+    :class:`~lobsim.features.Normalizer` is converted); ``inputs`` (the adapters' names) come from it.
+    """
 
     model: nn.Module
-    normalizer: Normalizer
+    normalizer: InputNormalizer
     tau: float
     config: TrainConfig
     device: str = "cpu"
     run_dir: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.normalizer, Normalizer):
+            self.normalizer = InputNormalizer.from_swa(self.normalizer)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The feature adapters the model reads, in channel order (``("swa",)`` for the thesis' models)."""
+        return tuple(self.normalizer.inputs)
+
     def logits_from_swa(self, swa: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, 3)`` of SWA windows ``(B, W)`` in dollars (any common shift): normaliser + model."""
+        """Logits ``(B, 3)`` of SWA windows ``(B, W)`` in dollars (any common shift): normaliser + model.
+
+        Only for SWA-only models (``inputs == ("swa",)``): the attacks' fused fast path."""
+        if self.inputs != ("swa",):
+            raise ValueError(f"logits_from_swa: this model reads {list(self.inputs)}, not SWA alone; use "
+                             "logits_from_book")
         dtype = next(self.model.parameters()).dtype
         return self.model(self.normalizer.torch(swa).to(dtype))
+
+    def logits_from_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, 3)`` of raw (not normalised) input windows ``(B, W, C)`` from the adapters."""
+        dtype = next(self.model.parameters()).dtype
+        return self.model(self.normalizer.torch(x).to(dtype))
 
     def logits_from_book(self, prices: torch.Tensor, sizes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, 3)`` of books ``(B, W, 2, L)``: prices in dollars (any common shift per snippet), float
         sizes (perturbation included), bool mask of real levels. The interface every attack uses."""
-        from lobsim.features import swa_torch
+        if self.inputs == ("swa",):
+            from lobsim.features import swa_torch
 
-        return self.logits_from_swa(swa_torch(prices, sizes, mask))
+            return self.logits_from_swa(swa_torch(prices, sizes, mask))
+        return self.logits_from_features(features_torch(self.inputs, prices, sizes, mask))
 
     @torch.no_grad()
     def predict(self, market: Market, day: np.ndarray, start: np.ndarray, batch: int = 1024) -> np.ndarray:
         """int64 predicted classes (0 down, 1 flat, 2 up) of the snippets ``(day, start)``."""
+        return self.predict_logits(market, day, start, batch).argmax(1)
+
+    @torch.no_grad()
+    def predict_logits(self, market: Market, day: np.ndarray, start: np.ndarray, batch: int = 1024) -> np.ndarray:
+        """float32 ``(B, 3)`` logits of the snippets ``(day, start)`` (eval mode)."""
         day = np.atleast_1d(np.asarray(day, np.int64))
         start = np.atleast_1d(np.asarray(start, np.int64))
         was_training = self.model.training
         self.model.eval()
-        out = np.empty(day.shape[0], np.int64)
+        out = np.empty((day.shape[0], 3), np.float32)
         try:
             for i in range(0, day.shape[0], batch):
-                x = self.normalizer.numpy(market.swa_windows(day[i : i + batch], start[i : i + batch]))
-                out[i : i + batch] = self.model(torch.from_numpy(x).to(self.device)).argmax(1).cpu().numpy()
+                x = self.normalizer.numpy(market.windows(self.inputs, day[i : i + batch], start[i : i + batch]))
+                out[i : i + batch] = self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
         finally:
             self.model.train(was_training)
         return out
 
     def save(self, run_dir: str | Path) -> Path:
-        """Write ``weights.safetensors`` and ``model.json`` (config, normaliser, tau) into ``run_dir``."""
+        """Write ``weights.safetensors`` and ``model.json`` (config, inputs, normaliser, tau) into ``run_dir``."""
         run_dir = Path(run_dir)
         save_weights(run_dir / "weights.safetensors", self.model.state_dict(), {"format": MODEL_FORMAT})
         meta = {
@@ -144,6 +195,7 @@ class TrainedModel:
             "version": MODEL_FORMAT_VERSION,
             "config": self.config.to_dict(),
             "model": self.config.model.resolved().to_dict(),
+            "inputs": list(self.inputs),
             "normalizer": self.normalizer.to_dict(),
             "tau": self.tau,
             "info": self.info,
@@ -154,7 +206,9 @@ class TrainedModel:
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
-    """Load a trained model from a run directory (``model.json`` + ``weights.safetensors``); never unpickles."""
+    """Load a trained model from a run directory (``model.json`` + ``weights.safetensors``); never unpickles.
+
+    Model files without recorded inputs (format version 1) are SWA-only models."""
     run_dir = Path(run_dir)
     meta_path = run_dir / "model.json"
     if not meta_path.is_file():
@@ -162,14 +216,23 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> TrainedModel:
     meta = read_json(meta_path)
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise ValueError(f"{meta_path}: not an advsim model file (expected format {MODEL_FORMAT!r})")
-    if meta.get("version") != MODEL_FORMAT_VERSION:
+    if meta.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"{meta_path}: model file version {meta.get('version')} is not supported "
-                         f"(this advsim reads version {MODEL_FORMAT_VERSION})")
+                         f"(this advsim reads versions {', '.join(map(str, READABLE_VERSIONS))})")
+    from lobsim.runs import check_run_config
+
+    check_run_config(run_dir, meta)  # a missing or corrupt config.json is refused, never ignored
     try:
         config = TrainConfig.from_dict(meta["config"])
         mcfg = ModelConfig.from_dict(meta["model"])
-        normalizer = Normalizer.from_dict(meta["normalizer"])
+        normalizer = InputNormalizer.from_dict(meta["normalizer"])
         tau = float(meta["tau"])
+        inputs = tuple(meta.get("inputs", ["swa"]))
+        if inputs != normalizer.inputs or list(inputs) != config.inputs:
+            raise ValueError(f"inputs {list(inputs)} disagree with the normaliser's {list(normalizer.inputs)} or "
+                             f"the config's {config.inputs}")
+        if mcfg.channels != normalizer.channels:
+            raise ValueError(f"the model reads {mcfg.channels} channel(s), the normaliser has {normalizer.channels}")
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{meta_path}: malformed model file: {exc}") from exc
     device = resolve_device(device)
@@ -193,11 +256,15 @@ def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """One atomic safetensors file: model tensors, optimiser tensors, torch RNG; the rest as JSON metadata."""
+def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any],
+                     best: dict[str, torch.Tensor] | None = None) -> None:
+    """One atomic safetensors file: model tensors, optimiser tensors, torch RNG, the best weights so far (early
+    stopping); the rest as JSON metadata."""
     from safetensors.torch import save
 
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if best is not None:
+        tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best.items()})
     osd = opt.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for idx, pstate in osd["state"].items():
@@ -211,7 +278,8 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, s
     atomic_write_bytes(path, save(tensors, metadata={"format": "advsim.checkpoint", "state": json.dumps(meta)}))
 
 
-def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer
+                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -224,6 +292,7 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -
         raise ValueError(f"{path}: not an advsim checkpoint")
     meta = json.loads(md["state"])
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     ostate: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim."):
@@ -233,7 +302,23 @@ def _load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -
         ostate.setdefault(int(idx), {}).update(d)
     opt.load_state_dict({"state": ostate, "param_groups": meta["optim_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
-    return meta
+    return meta, best
+
+
+def fit_normalizer(market: Market, inputs: tuple[str, ...], regions: list, n: int, seed: int) -> InputNormalizer:
+    """The input normaliser fitted on ``n`` seeded training windows of ``regions``."""
+    refs = Market.sample_regions(regions, n, np.random.default_rng([seed, 1]))
+    return InputNormalizer.fit(market.windows(inputs, *refs), price_like_channels(inputs, market.books[0].levels),
+                               inputs)
+
+
+@torch.no_grad()
+def loss_and_accuracy(trained: TrainedModel, market: Market, refs: tuple[np.ndarray, np.ndarray]
+                      ) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``trained`` on the snippets ``refs`` (eval mode)."""
+    logits = torch.from_numpy(trained.predict_logits(market, *refs))
+    y = torch.from_numpy(market.labels(*refs, trained.tau))
+    return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
 
 def train(
@@ -243,9 +328,12 @@ def train(
 
     Writes the run directory described in the module docstring. With ``resume`` and a checkpoint of the
     same config in ``out_dir``, training continues from it (bit-identical to an uninterrupted run on CPU).
+    The model's channel count is set from ``cfg.inputs`` and the market's levels.
     """
     if market.features.window != cfg.features.window or market.features.horizon != cfg.features.horizon:
         raise ValueError(f"train: market features {market.features} differ from the config's {cfg.features}")
+    inputs = tuple(cfg.inputs)
+    cfg = replace(cfg, model=replace(cfg.model, channels=n_channels(inputs, market.books[0].levels)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.safetensors"
@@ -253,28 +341,56 @@ def train(
         # Steps may grow (continue a run); where it runs and how it is evaluated do not change the training.
         free = {"steps": cfg.steps, "device": cfg.device, "eval_n": cfg.eval_n, "ckpt_every": cfg.ckpt_every}
         if replace(TrainConfig.from_dict(read_json(out / "config.json")), **free) != cfg:
-            raise ValueError(f"{out}: holds a checkpoint of a different config; use another --out or delete it")
+            raise ValueError(f"{out}: holds a checkpoint of a different config; use another --out, or --fresh "
+                             "to start over there")
     write_json(out / "config.json", cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
     opt = _make_optimizer(cfg, model)
     rng = np.random.default_rng(cfg.seed)
+    if cfg.val_fraction > 0:
+        fit_regions, val_regions = market.validation_split(cfg.val_fraction)
+        val_refs = Market.refs_in(val_regions, cfg.val_n, seed=cfg.seed)
+    else:
+        fit_regions, val_refs = list(market.train_regions), None
     step, log = 0, []
+    best: dict[str, torch.Tensor] | None = None
+    es = {"best_loss": None, "best_step": 0, "bad": 0, "stopped_early": False}
     if resume and ckpt.exists():
-        meta = _load_checkpoint(ckpt, model, opt)
+        meta, best = _load_checkpoint(ckpt, model, opt)
         step, log = int(meta["step"]), meta["log"]
         rng.bit_generator.state = meta["numpy_rng"]
-        tau, normalizer = float(meta["tau"]), Normalizer.from_dict(meta["normalizer"])
+        tau, normalizer = float(meta["tau"]), InputNormalizer.from_dict(meta["normalizer"])
+        es.update(meta.get("early_stopping", {}))
+        if progress:
+            import sys
+
+            print(f"{out}: resuming from step {step} of {cfg.steps} ({ckpt.name}; --fresh starts over)",
+                  file=sys.stderr, flush=True)
     else:
         tau = market.fit_tau()
-        fit_rng = np.random.default_rng([cfg.seed, 1])
-        normalizer = Normalizer.fit(market.swa_windows(*market.sample_train(cfg.scale_n, fit_rng)))
+        normalizer = fit_normalizer(market, inputs, fit_regions, cfg.scale_n, cfg.seed)
+    trained = TrainedModel(model, normalizer, tau, cfg, device=device)
     loss_fn = nn.CrossEntropyLoss()
 
     def checkpoint() -> None:
         _save_checkpoint(ckpt, model, opt, {"step": step, "log": log, "numpy_rng": rng.bit_generator.state,
-                                            "tau": tau, "normalizer": normalizer.to_dict()})
+                                            "tau": tau, "normalizer": normalizer.to_dict(), "early_stopping": es},
+                         best)
+
+    def validate() -> bool:
+        """Check the validation loss; keep the best weights; True when training should stop."""
+        nonlocal best
+        vl, va = loss_and_accuracy(trained, market, val_refs)
+        model.train()
+        log.append({"step": step, "val_loss": round(vl, 5), "val_acc": round(va, 5)})
+        if es["best_loss"] is None or vl < es["best_loss"] - 1e-4:
+            es.update(best_loss=vl, best_val_acc=va, best_step=step, bad=0)
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            es["bad"] += 1
+        return es["bad"] >= cfg.patience
 
     bar = None
     if progress:
@@ -285,9 +401,9 @@ def train(
     ema_loss = ema_acc = None
     model.train()
     try:
-        while step < cfg.steps:
-            day, start = market.sample_train(cfg.batch, rng)
-            x = torch.from_numpy(normalizer.numpy(market.swa_windows(day, start))).to(device)
+        while step < cfg.steps and not es["stopped_early"]:
+            day, start = market.sample_regions(fit_regions, cfg.batch, rng)
+            x = torch.from_numpy(normalizer.numpy(market.windows(inputs, day, start))).to(device)
             y = torch.from_numpy(market.labels(day, start, tau)).to(device)
             logits = model(x)
             loss = loss_fn(logits, y)
@@ -302,9 +418,12 @@ def train(
             ema_acc = acc if ema_acc is None else 0.95 * ema_acc + 0.05 * acc
             if step % 10 == 0 or step == cfg.steps:
                 log.append({"step": step, "loss": round(ema_loss, 5), "train_acc": round(ema_acc, 5)})
+            if val_refs is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                es["stopped_early"] = validate() and step < cfg.steps
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{ema_loss:.4f}", acc=f"{ema_acc:.3f}")
+                bar.set_postfix(loss=f"{ema_loss:.4f}", acc=f"{ema_acc:.3f}",
+                                **({"val": f"{es.get('best_val_acc', 0):.3f}"} if val_refs is not None else {}))
             if step % cfg.ckpt_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
@@ -314,15 +433,27 @@ def train(
         if bar is not None:
             bar.close()
     checkpoint()
+    if best is not None:
+        model.load_state_dict(best)
     model.eval()
+    train_refs = Market.refs_in(fit_regions, cfg.val_n, seed=cfg.seed + 1)
+    train_loss, train_acc = loss_and_accuracy(trained, market, train_refs)
     info = {
         "parameters": count_parameters(model),
+        "inputs": list(inputs),
         "train_seconds_this_session": time.perf_counter() - t0,
         "device": device,
+        "steps_done": step,
+        "train_accuracy": train_acc,
+        "train_loss": train_loss,
+        "train_accuracy_n": int(train_refs[0].shape[0]),
+        "early_stopping": ({"val_fraction": cfg.val_fraction, "best_step": es["best_step"],
+                            "val_loss": es["best_loss"], "val_accuracy": es.get("best_val_acc"),
+                            "val_n": int(val_refs[0].shape[0]), "stopped_early": bool(es["stopped_early"])}
+                           if val_refs is not None else None),
         "market": market.describe(),
     }
     write_json(out / "train_log.json", {"log": log, **info})
-    trained = TrainedModel(model, normalizer, tau, cfg, device=device, info=info)
+    trained.info = info
     trained.save(out)
     return trained
-

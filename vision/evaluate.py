@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-ATTACKS = ("fgsm", "pgd", "apgd", "msd")
+ATTACKS = ("fgsm", "pgd", "apgd", "apgd-t", "square", "msd")
 
 
 def parse_eps(text: str | float) -> float:
@@ -93,6 +93,14 @@ def build_attack(name: str, eps: float | str, *, steps: int = 50, restarts: int 
         from vision.attacks.apgd import APGD
 
         return APGD(eps, steps, norm=norm, restarts=restarts, seed=seed)
+    if name == "apgd-t":
+        from vision.attacks.apgd import APGDT
+
+        return APGDT(eps, steps, norm, restarts=restarts, seed=seed)
+    if name == "square":
+        from vision.attacks.square import Square
+
+        return Square(eps, steps, norm, restarts=restarts, seed=seed)  # steps = queries per image
     if name == "msd":
         from vision.attacks.msd import MSD
 
@@ -156,6 +164,66 @@ def evaluate_run(run_dir: str | Path, attack: str = "pgd", *, eps: float | str |
     record = {"attack": attack, "attack_repr": repr(atk), "norm": "union" if attack == "msd" else norm,
               "eps": getattr(atk, "eps", eps_val), "steps": steps, "restarts": restarts, "dataset": ds_name,
               "root": ds_root, "split": split, "source": data.source, "device": dev, **res}
+    record["setting"] = {"attack": attack, "norm": record["norm"], "eps": eps_val, "steps": steps,
+                         "restarts": restarts, "alpha": None if alpha is None else parse_eps(alpha),
+                         "msd_eps": msd_eps, "n": res["n"], "dataset": ds_name, "root": ds_root, "split": split,
+                         "seed": seed, "batch_size": batch_size}
     tag = f"{attack}-{record['norm']}-{eps_val:.4g}" if attack != "msd" else f"msd-union-{msd_eps or 'default'}"
-    write_json(Path(run_dir) / f"eval-{tag}.json", record)
+    write_json(result_path(Path(run_dir), tag, record["setting"]), record)
+    return record
+
+
+def result_path(run_dir: Path, tag: str, setting: dict[str, Any]) -> Path:
+    """``eval-<tag>.json``, unless that file holds a result of another setting (n, steps, restarts, seed, ...):
+    then ``eval-<tag>-<hash of the setting>.json``, so a result is never replaced by one of a different setting."""
+    import hashlib
+    import json
+
+    from data_loaders.rundir import read_json
+
+    path = run_dir / f"eval-{tag}.json"
+    if not path.is_file():
+        return path
+    try:
+        old = read_json(path)
+    except ValueError:
+        old = None
+    key = json.loads(json.dumps(setting))
+    if isinstance(old, dict) and old.get("setting") == key:
+        return path
+    h = hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=4).hexdigest()
+    return run_dir / f"eval-{tag}-{h}.json"
+
+
+def evaluate_suite_run(run_dir: str | Path, suite: str = "standard", *, eps: float | str | None = None,
+                       norm: str = "linf", steps: int = 100, queries: int = 5000, n: int | None = 1000,
+                       dataset: str | None = None, root: str | None = None, split: str = "test",
+                       batch_size: int = 256, device: str = "auto", seed: int = 0, sequential: bool = True,
+                       progress: bool = True) -> dict[str, Any]:
+    """Run the attack suite of :mod:`vision.attacks.suite` on a run's model (first ``n`` images of the split);
+    writes ``eval-suite-<suite>-<norm>-<eps>.json`` (worst case per image, each member, gradient-masking flags)."""
+    from data_loaders.images import load_images
+    from data_loaders.rundir import resolve_device, write_json
+    from vision.attacks.suite import SUITES, run_suite
+
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)} (--suite)")
+    dev = resolve_device(device)
+    model, config = load_run_model(run_dir, dev)
+    eps_val = parse_eps(eps if eps is not None else config["eps"])
+    ds_name = dataset or config["dataset"]
+    ds_root = root if (root is not None or dataset is not None) else config.get("root")
+    data = load_images(ds_name, ds_root, split)
+    if n is not None:
+        data = data.subset(slice(0, int(n)))
+    data = data.to(dev)
+    res = run_suite(model, data.x, data.y, eps_val, norm, suite=suite, steps=steps, queries=queries, seed=seed,
+                    sequential=sequential, batch_size=batch_size, progress=progress)
+    record = {"attack": f"suite-{suite}", "dataset": ds_name, "root": ds_root, "split": split,
+              "source": data.source, "device": dev, "steps": steps, "queries": queries, **res}
+    record["setting"] = {"attack": f"suite-{suite}", "norm": norm, "eps": eps_val, "steps": steps,
+                         "queries": queries, "sequential": sequential, "n": res["n"], "dataset": ds_name,
+                         "root": ds_root, "split": split, "seed": seed, "batch_size": batch_size}
+    tag = f"suite-{suite}-{norm}-{eps_val:.4g}"
+    write_json(result_path(Path(run_dir), tag, record["setting"]), record)
     return record

@@ -68,6 +68,32 @@ def mnist_large(num_classes: int = 10, in_channels: int = 1, image_size: int = 2
         nn.Linear(64 * s * s, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, num_classes))
 
 
+def mnist_cnn(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    """Conv(16,4x4,s1,p1)-ReLU-Conv(32,4x4,s1,p1)-ReLU-FC(100)-FC: spec-002 Table 4.2's net (FC input 21632 at 28x28;
+    no activation between the two FC layers, as the table lists none)."""
+    s = _conv_out(_conv_out(image_size, 4, 1, 1), 4, 1, 1)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 16, 4, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 4, padding=1), nn.ReLU(), nn.Flatten(),
+        nn.Linear(32 * s * s, 100), nn.Linear(100, num_classes))
+
+
+def mlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 512) -> nn.Module:
+    """Flatten-FC(width)-ReLU-FC(width)-ReLU-FC: a network without convolutions (spec-002 ch. 6 architecture pairs)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, width), nn.ReLU(),
+                         nn.Linear(width, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+
+def without_batchnorm(net: nn.Module) -> nn.Module:
+    """``net`` with every BatchNorm layer replaced by the identity (the BN-free variants of spec-002 ch. 3-4)."""
+    for name, child in list(net.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(net, name, nn.Identity())
+        else:
+            without_batchnorm(child)
+    return net
+
+
 class PreActBlock(nn.Module):
     """Pre-activation basic block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 plus (projected) shortcut."""
 
@@ -178,6 +204,63 @@ class WideResNet(nn.Module):
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand - 3x3 depthwise (stride) - 1x1 linear projection, each with batch norm.
+
+    Stride-1 blocks add a shortcut (identity, or a 1x1 conv + BN when the width changes), as in the CIFAR
+    MobileNetV2 of the ARD experiments; stride-2 blocks have none.
+    """
+
+    def __init__(self, cin: int, cout: int, expansion: int, stride: int) -> None:
+        super().__init__()
+        mid = expansion * cin
+        self.stride = stride
+        self.conv1 = nn.Conv2d(cin, mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid)
+        self.conv2 = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut = None
+        if stride == 1 and cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.stride != 1:
+            return out
+        return out + (self.shortcut(x) if self.shortcut is not None else x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2, CIFAR variant (stride-1 stem and second stage; 2,296,922 parameters for 10 classes)."""
+
+    # (expansion, width, blocks, stride of the first block)
+    CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+           (6, 320, 1, 1))
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 32, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        layers, cin = [], 32
+        for expansion, cout, n, stride in self.CFG:
+            for j in range(n):
+                layers.append(InvertedResidual(cin, cout, expansion, stride if j == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.conv2 = nn.Conv2d(cin, 1280, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(1280)
+        self.linear = nn.Linear(1280, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
 def _parse_wrn(name: str) -> tuple[int, int]:
     parts = name.split("-")
     try:
@@ -186,7 +269,8 @@ def _parse_wrn(name: str) -> tuple[int, int]:
         raise ValueError(f"Wide ResNet name must look like 'wrn-34-10' (depth-width), got {name!r}") from exc
 
 
-MODELS = ("mnist_small", "mnist_large", "preact18", "resnet10", "resnet18", "wrn-34-10", "wrn-28-10")
+MODELS = ("mnist_small", "mnist_large", "preact18", "resnet10", "resnet18", "mobilenetv2", "wrn-34-10",
+          "wrn-28-10", "mnist_cnn", "mlp", "resnet10-nobn", "preact18-nobn")
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
@@ -206,6 +290,16 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_si
         net = ResNet((1, 1, 1, 1), num_classes, in_channels)
     elif key == "resnet18":
         net = ResNet((2, 2, 2, 2), num_classes, in_channels)
+    elif key in ("mobilenetv2", "mnv2", "mobilenet-v2"):
+        net = MobileNetV2(num_classes, in_channels)
+    elif key == "mnist-cnn":
+        net = mnist_cnn(num_classes, in_channels, image_size)
+    elif key == "mlp":
+        net = mlp(num_classes, in_channels, image_size)
+    elif key == "resnet10-nobn":
+        net = without_batchnorm(ResNet((1, 1, 1, 1), num_classes, in_channels))
+    elif key == "preact18-nobn":
+        net = without_batchnorm(PreActResNet((2, 2, 2, 2), num_classes, in_channels))
     elif key.startswith("wrn-"):
         depth, widen = _parse_wrn(key)
         net = WideResNet(depth, widen, num_classes, in_channels)

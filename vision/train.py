@@ -16,8 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from data_loaders.images import ImageSet, load_images
-from data_loaders.rundir import make_run_dir, resolve_device, save_weights, write_json
+from data_loaders.rundir import finish_run, make_run_dir, resolve_device, save_weights
 from vision.defenses.early_stopping import CatastrophicOverfittingGuard, RobustEarlyStopping
+from vision.defenses.fast import INITS as FAST_INITS
 from vision.defenses.fast import FastTraining
 from vision.defenses.loop import amp_dtype, lr_factor, make_optimizer, train_epoch
 from vision.defenses.pgd_training import PGDTraining
@@ -42,6 +43,9 @@ class VisionTrainConfig:
     attack_steps: int = 7               # PGD-training / TRADES inner steps
     norm: str = "linf"                  # PGD-training threat model
     trades_beta: float = 6.0
+    fast_init: str = "uniform"          # fast: random start uniform, hypercube or zero (R+FGSM ablation)
+    fast_init_radius: float | None = None  # fast: radius of the random start (default eps)
+    fast_clip_init: bool = False        # fast: clip x + start to [0, 1] before the gradient (CIFAR reference code)
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "sgd"
@@ -79,6 +83,8 @@ def resolve_config(cfg: VisionTrainConfig, data: ImageSet) -> VisionTrainConfig:
         c.augment = c.dataset == "cifar10"
     if c.guard is None:
         c.guard = c.defense == "fast"
+    if c.fast_init not in FAST_INITS:
+        raise ValueError(f"unknown fast init {c.fast_init!r}; choose one of {', '.join(FAST_INITS)} (--fast-init)")
     if c.eps < 0 or c.epochs < 1 or c.batch_size < 2:
         raise ValueError("need eps >= 0, epochs >= 1 and batch_size >= 2")
     return c
@@ -91,7 +97,8 @@ def make_defense(c: VisionTrainConfig):
     if c.defense == "pgd":
         return PGDTraining(c.eps, c.alpha, c.attack_steps, c.norm)
     if c.defense == "fast":
-        return FastTraining(c.eps, c.alpha)
+        return FastTraining(c.eps, c.alpha, init=c.fast_init, init_radius=c.fast_init_radius,
+                            clip_init=c.fast_clip_init)
     return TradesTraining(c.eps, c.alpha, c.attack_steps, c.trades_beta)
 
 
@@ -184,5 +191,5 @@ def train_run(cfg: VisionTrainConfig, out: str | Path, *, overwrite: bool = Fals
         "history": history,
     }
     save_weights(out / "weights.safetensors", model.state_dict(), {"model": c.model, "defense": c.defense})
-    write_json(out / "metrics.json", metrics)
+    finish_run(out, metrics)  # metrics.json, then the INCOMPLETE marker goes: an interrupted run stays marked
     return metrics

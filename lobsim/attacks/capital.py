@@ -22,19 +22,20 @@ whole share, so a step of ~1 share on the largest entry would place a share on n
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from lobsim.attacks.records import AttackRecord, sparse_orders
+from lobsim.attacks.records import AttackRecord
 from lobsim.grid import level_mask
 from lobsim.snippets import SnippetBatch
 
 PRICE_SCALE = 10_000.0
+STEP_RULES = ("budget", "thesis")
 
 
 class SwaClassifier(Protocol):
@@ -59,17 +60,27 @@ def book_tensors(
     so float32 keeps sub-cent resolution at any price level; every model input is shift-invariant. Masked
     (dummy-price) levels get price 0 and are excluded through the mask.
     """
+    P, S, M, _ = book_tensors_centred(batch, device, dtype)
+    return P, S, M
+
+
+def book_tensors_centred(
+    batch: SnippetBatch, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`book_tensors` plus each snippet's centre in dollars (B,) float64 (absolute price = centre + P)."""
     mask = level_mask(batch.prices)
-    dollars = np.where(mask, batch.prices, 0).astype(np.float64) / PRICE_SCALE
     n = mask.sum(axis=(1, 2, 3))
     if np.any(n == 0):
         raise ValueError(f"book_tensors: snippet {int(np.argmin(n))} has no real price level")
-    centre = dollars.sum(axis=(1, 2, 3)) / n
-    centred = np.where(mask, dollars - centre[:, None, None, None], 0.0)
-    P = torch.as_tensor(centred, dtype=dtype, device=device)
+    P = np.empty(batch.prices.shape, np.float32 if dtype == torch.float32 else np.float64)
+    centre = np.empty(batch.batch_size)
+    for b in range(batch.batch_size):  # one snippet at a time: no (B, W, 2, L) float64 temporaries
+        dollars = np.where(mask[b], batch.prices[b], 0) / PRICE_SCALE
+        centre[b] = dollars.sum() / n[b]
+        P[b] = np.where(mask[b], dollars - centre[b], 0.0)
     S = torch.as_tensor(np.where(mask, batch.sizes, 0), dtype=dtype, device=device)
-    M = torch.as_tensor(mask, device=device)
-    return P, S, M
+    return (torch.as_tensor(P, dtype=dtype, device=device), S, torch.as_tensor(mask, device=device),
+            torch.as_tensor(centre, dtype=torch.float64, device=device))
 
 
 def _modules(trained: Any) -> torch.nn.Module | None:
@@ -130,34 +141,238 @@ def evaluate_orders(
     return preds, deltas
 
 
+# -- the gradient member (budget rule and the thesis rule) ------------------------------------------------------------
+
+
+def _cosine(k: int, K: int, floor: float) -> float:
+    """1 at k = 0 decaying to ``floor`` at k = K - 1 (cosine)."""
+    frac = k / max(K - 1, 1)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
 @dataclass
-class CapitalAttack:
-    """Untargeted capital-constrained attack; ``attack(trained, batch, seed)`` returns one record per snippet.
+class _BudgetRun:
+    """The state of one start of the budget rule (rows of ``w``; ``act`` maps them to tracker rows)."""
 
-    budget: capital limit in dollars (sum over placed orders of shares x price).
-    alpha0: ``"auto"`` (per snippet: expected first step = ``step_shares`` shares on the largest-gradient entry)
-        or a float used for every snippet. alpha ~ U(0, alpha0) is redrawn every iteration (one draw per
-        iteration for the whole batch, so the path of a snippet does not depend on which others are present).
-    r: rounding offset of R_r(x) = floor(x + r).
-    max_iter: iterations before a snippet is given up (failure, status ``max_iter``).
-    fill_model: fill model of the exact engine used for the checks and the records; the gradient always comes
-        from the differentiable touch operator.
-    exact_check: check success on the exact engine every iteration (``True``), on the torch operator applied
-        to the rounded orders (``False``; equal for the touch model and cheaper on a GPU), or ``"auto"`` (exact
-        on the CPU, torch on CUDA). The records are always computed with the exact engine.
-    batch_size: snippets attacked together (finished ones leave the batch).
-    """
+    w: Any
+    act: np.ndarray
+    v: torch.Tensor  # real-valued orders, dollars (B, N)
+    aint: torch.Tensor  # their rounding, shares (B, N): the orders evaluated next
+    eps: torch.Tensor  # per-snippet budget, dollars (B,) float64
+    cap: np.ndarray  # capital of aint
+    found: np.ndarray
+    best: np.ndarray
+    last_gain: np.ndarray
+    tr: Any
+    restart: int
 
-    budget: float = 100_000.0
+
+@dataclass
+class GradientMember:
+    """Gradient attack on one workspace; ``run(ws, rng) -> Tracker``. See the module docstring for the two rules."""
+
+    budget: float
+    step_rule: str = "budget"
+    max_iter: int = 100
+    restarts: int = 1
+    alpha: float = 0.5
+    gamma: float = 0.1
+    patience: int = 0
     alpha0: float | str = "auto"
     step_shares: float = 0.1
     r: float = 0.95
-    max_iter: int = 300
+    minimize: bool = True
+    name: str = "gradient"
+    uses_gradient = True
+
+    def run(self, ws: Any, rng: np.random.Generator) -> Any:
+        from lobsim.attacks.minimize import prune
+        from lobsim.attacks.workspace import Tracker
+
+        tr = Tracker(ws.n)
+        if self.step_rule == "thesis":
+            self._run_thesis(ws, rng, tr)
+        else:
+            for rs in range(self.restarts):
+                self._run_budget(ws, rng, tr, rs)
+        tr.freeze_fallback()
+        if self.minimize:
+            prune(ws, tr, np.flatnonzero([b is not None for b in tr.best]), True, rng)
+        return tr
+
+    # budget rule ---------------------------------------------------------------------------------------------------
+
+    def _run_budget(self, ws: Any, rng: np.random.Generator, tr: Any, restart: int) -> None:
+        st = self.budget_start(ws, rng, tr, restart)
+        for k in range(self.max_iter):
+            if not self.budget_iteration(st, k):
+                break
+        fooled, _ = st.w.check(st.aint)  # the last step's orders
+        hit = np.flatnonzero(fooled & (st.cap <= self.budget))
+        if hit.size:
+            tr.offer(st.act[hit], st.aint, hit, st.cap, int(tr.iterations[st.act[hit]].max()))
+
+    def budget_start(self, ws: Any, rng: np.random.Generator, tr: Any, restart: int) -> _BudgetRun:
+        """The state of one start of the budget rule (zero orders, or random sparse orders for restarts)."""
+        n = ws.n
+        st = _BudgetRun(w=ws, act=np.arange(n), v=ws.zeros(), aint=ws.zeros(),
+                        eps=torch.zeros(n, dtype=torch.float64), cap=np.zeros(n), found=np.zeros(n, bool),
+                        best=np.full(n, np.inf), last_gain=np.zeros(n, np.int64), tr=tr, restart=restart)
+        if restart > 0:  # random sparse start: about 1% of the real entries, total dollars drawn per snippet
+            cmax = float(self.budget)
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            real = ws.M.view(n, -1).cpu()
+            pick = (torch.rand(real.shape, generator=gen) < 0.01) & real
+            val = torch.rand(real.shape, generator=gen) * pick
+            known = tr.capital
+            lo = np.where(np.isfinite(known), 0.5 * known, cmax * 10.0 ** -rng.uniform(1, 4, n))
+            total = np.minimum(lo * rng.uniform(1.0, 2.0, n), cmax)
+            tot = val.sum(1).to(torch.float64).clamp_min(1e-30)
+            st.v.copy_((val * (torch.as_tensor(total) / tot)[:, None]).to(st.v.dtype).to(st.v.device))
+            st.cap = ws.kernels.round(st.v, 0.5, st.aint)
+            st.eps = torch.as_tensor(total, dtype=torch.float64).clone()
+        return st
+
+    def budget_iteration(self, st: _BudgetRun, k: int) -> bool:
+        """One iteration of the budget rule: gradient at the rounded orders (success check included), budget
+        update, projected step, rounding. Returns False when every snippet of the start has finished."""
+        cmax, K, tr = float(self.budget), self.max_iter, st.tr
+        patience = self.patience or max(10, K // 4)
+        a_k = self.alpha * _cosine(k, K, 0.02)
+        g_k = self.gamma * _cosine(k, K, 0.05)
+        w, act, cap = st.w, st.act, st.cap
+        out, m_t, g = w.loss_grad(st.aint)
+        m = m_t.cpu().numpy().astype(np.float64)
+        fooled = w.fooled(out) & (cap <= cmax)
+        hit = np.flatnonzero(fooled)
+        if hit.size:
+            tr.offer(act[hit], st.aint, hit, cap, k + 1)
+            improved = hit[cap[hit] < st.best[hit] * (1 - 1e-9)]
+            st.best[improved] = cap[improved]
+            st.last_gain[improved] = k
+        tr.peak[act] = np.maximum(tr.peak[act], np.where(np.isnan(tr.first_capital[act]), cap, 0.0))
+        # the snippet's budget eps: shrink below a success, grow after a miss, extrapolate before any success
+        e = st.eps.numpy()
+        mode = np.zeros(len(act), np.int8)
+        lo_e, hi_e = np.zeros(len(act)), np.full(len(act), cmax)
+        st.found |= fooled
+        e[fooled] = np.minimum(e[fooled], cap[fooled]) * (1 - g_k)
+        up = ~fooled & st.found
+        e[up] = np.minimum(e[up] * (1 + g_k), cmax)
+        ext = ~fooled & ~st.found
+        mode[ext] = 1
+        unset = ext & (e <= 0)
+        grow = ext & (e > 0)
+        lo_e[unset] = cmax * 1e-6
+        lo_e[grow] = np.minimum(e[grow] * (1 + g_k), cmax)
+        hi_e[grow] = np.minimum(np.maximum(4 * e[grow], lo_e[grow]), cmax)
+        deficit = np.maximum(-m, 0.0)
+        st.cap, gmax = w.kernels.budget(st.v, g, st.eps, torch.as_tensor(mode), torch.as_tensor(deficit),
+                                        torch.as_tensor(cap), torch.as_tensor(lo_e), torch.as_tensor(hi_e), a_k, 0.5,
+                                        cmax, st.aint)
+        if k == 0 and st.restart == 0:
+            for r in act[(gmax <= 0) & ~fooled]:
+                tr.status[r] = "zero_gradient"
+        tr.iterations[act] = k + 1
+        done = st.found & (k - st.last_gain >= patience)
+        if done.all():
+            return False
+        if done.sum() * 4 >= len(act):  # compact: drop the finished snippets
+            keep = np.flatnonzero(~done)
+            kt = torch.as_tensor(keep, device=st.v.device)
+            st.w, st.act = w.select(keep), act[keep]
+            st.v, st.aint = st.v[kt].contiguous(), st.aint[kt].contiguous()
+            st.eps = st.eps[torch.as_tensor(keep)].contiguous()
+            st.cap, st.found, st.best, st.last_gain = st.cap[keep], st.found[keep], st.best[keep], st.last_gain[keep]
+        return True
+
+    # thesis rule ---------------------------------------------------------------------------------------------------
+
+    def _run_thesis(self, ws: Any, rng: np.random.Generator, tr: Any) -> None:
+        """The thesis' rule, as in spec-000 2.12: one draw u ~ U(0, 1) per iteration for the whole chunk."""
+        from lobsim.attacks.workspace import Found
+
+        statuses = {0: "success", 1: "budget", 2: "max_iter", 3: "zero_gradient"}
+        w, act = ws, np.arange(ws.n)
+        a, aint, prev = w.zeros(), w.zeros(), w.zeros()  # prev: the previous rounded orders (within the budget)
+        alpha0: np.ndarray | None = None
+        for it in range(1, self.max_iter + 1):
+            u = float(rng.uniform())
+            _, _, g = w.loss_grad(a, kind="loss")
+            zero = np.zeros(len(act), bool)
+            if alpha0 is None:
+                gmax = (g * w.M.view(w.n, -1)).abs().amax(dim=1).cpu().numpy().astype(np.float64)
+                if self.alpha0 == "auto":
+                    alpha0 = np.where(gmax > 0, 2.0 * self.step_shares / np.maximum(gmax, 1e-30), 0.0)
+                else:
+                    alpha0 = np.full(len(act), float(self.alpha0))
+                zero = gmax <= 0
+            aint, prev = prev, aint  # the step overwrites every entry of aint
+            cap = w.kernels.thesis(a, g, u * alpha0, self.r, aint)
+            over = cap > self.budget
+            tr.peak[act] = np.maximum(tr.peak[act], cap)
+            fooled, _ = w.check(aint)
+            success = ~over & fooled
+            code = np.where(zero, 3, np.where(over, 1, np.where(success, 0, 2 if it == self.max_iter else -1)))
+            hit = np.flatnonzero(success)
+            if hit.size:
+                tr.offer(act[hit], aint, hit, cap, it)
+            done = code >= 0
+            for i in np.flatnonzero(done):
+                r = act[i]
+                tr.iterations[r], tr.status[r] = it, statuses[int(code[i])]
+                if code[i] != 0:  # failure: the last rounded orders within the budget are returned
+                    src = prev if over[i] else aint
+                    f = Found.of_row(src[i], 0.0)
+                    f.capital = float((f.shares * w.prices_of(f.flat, i)).sum())
+                    tr.failed[r] = f
+            if done.all():
+                break
+            keep = np.flatnonzero(~done)
+            if keep.size < len(act):
+                w, act = w.select(keep), act[keep]
+                kt = torch.as_tensor(keep, device=a.device)
+                a, aint, prev = a[kt].contiguous(), aint[kt].contiguous(), prev[kt].contiguous()
+                alpha0 = alpha0[keep]
+
+
+@dataclass
+class CapitalAttack:
+    """Untargeted (by default) capital-constrained gradient attack; ``attack(trained, batch, seed)`` returns one
+    :class:`AttackRecord` per snippet with the cheapest fooling orders found (verified on the exact engine).
+
+    budget: capital limit in dollars (sum over placed orders of shares x price); a success costs at most this.
+    step_rule: ``"budget"`` (default, scale-free: steps and projection in dollars relative to an adaptive per-snippet
+        budget) or ``"thesis"`` (the thesis' raw-gradient rule, stopping at the first success or over the budget).
+    max_iter: iterations per start (budget rule) or before giving up (thesis rule).
+    restarts: starts of the budget rule (the first from zero orders, the others from random sparse orders).
+    alpha, gamma: budget rule: initial step length (fraction of the snippet's budget) and budget adaptation rate,
+        both cosine-decayed over the iterations.
+    alpha0, step_shares, r: thesis rule (``alpha0="auto"``: expected first step = ``step_shares`` shares on the
+        largest-gradient entry; rounding floor(a + r)).
+    minimize: after a success, remove the least useful dollars while the model stays fooled (minimal capital).
+    fill_model: of the exact engine used for the records (and for the success checks when not ``"touch"``).
+    exact_check: check success on the exact engine every iteration (True) instead of the touch operator (equal on
+        integer orders, which the tests prove); records are always computed on the exact engine.
+    objective: ``"untargeted"`` (default), ``"targeted:down"`` ... or an :class:`~lobsim.attacks.objectives.Objective`.
+    """
+
+    budget: float = 100_000.0
+    step_rule: str = "budget"
+    max_iter: int = 100
+    restarts: int = 1
+    alpha: float = 0.5
+    gamma: float = 0.1
+    alpha0: float | str = "auto"
+    step_shares: float = 0.1
+    r: float = 0.95
+    minimize: bool = True
     fill_model: str = "touch"
     exact_check: bool | str = "auto"
     batch_size: int = 64
     device: str = "cpu"
     model_name: str = ""
+    objective: Any = "untargeted"
 
     def __post_init__(self) -> None:
         if not self.budget > 0:
@@ -166,145 +381,32 @@ class CapitalAttack:
             raise ValueError(f"CapitalAttack: r must be in [0, 1), got {self.r}")
         if self.alpha0 != "auto" and not float(self.alpha0) > 0:
             raise ValueError(f"CapitalAttack: alpha0 must be 'auto' or positive, got {self.alpha0!r}")
-        if self.max_iter < 1:
-            raise ValueError("CapitalAttack: max_iter must be >= 1")
+        if self.max_iter < 1 or self.restarts < 1:
+            raise ValueError("CapitalAttack: max_iter and restarts must be >= 1")
+        if self.step_rule not in STEP_RULES:
+            raise ValueError(f"CapitalAttack: step_rule must be one of {STEP_RULES}, got {self.step_rule!r}")
+
+    def member(self) -> GradientMember:
+        return GradientMember(budget=self.budget, step_rule=self.step_rule, max_iter=self.max_iter,
+                              restarts=self.restarts, alpha=self.alpha, gamma=self.gamma, alpha0=self.alpha0,
+                              step_shares=self.step_shares, r=self.r, minimize=self.minimize,
+                              name="thesis" if self.step_rule == "thesis" else "gradient")
+
+    def resolved_objective(self) -> Any:
+        from lobsim.attacks.objectives import Untargeted, make_objective
+
+        if self.step_rule == "thesis" and self.objective in (None, "", "untargeted"):
+            return Untargeted(loss_kind="ce")  # the thesis ascends the cross-entropy
+        return make_objective(self.objective)
 
     def __call__(self, trained: SwaClassifier, batch: SnippetBatch, seed: int = 0, progress: bool = False
                  ) -> list[AttackRecord]:
-        if np.any(batch.labels < 0):
-            raise ValueError("CapitalAttack: the batch needs labels (build it with market.batch(day, start, tau))")
-        B = batch.batch_size
-        records: list[AttackRecord | None] = [None] * B
-        bar = None
-        if progress:
-            from tqdm import tqdm
+        from lobsim.attacks.runner import run_members
 
-            bar = tqdm(total=B, desc=f"capital attack {self.model_name}".rstrip(), unit="snippet")
-        for c, lo in enumerate(range(0, B, self.batch_size)):
-            idx = np.arange(lo, min(lo + self.batch_size, B))
-            sub = batch.select(idx)
-            rng = np.random.default_rng([seed, c])
-            for k, rec in self._attack_chunk(trained, sub, rng):
-                rec.index = int(idx[k])
-                records[idx[k]] = rec
-            if bar is not None:
-                bar.update(len(idx))
-        if bar is not None:
-            bar.close()
-        return records  # type: ignore[return-value]
-
-    # -- one chunk -----------------------------------------------------------------------------------------
-
-    def _check_on_torch(self) -> bool:
-        if self.exact_check == "auto":
-            return str(self.device).startswith("cuda") and self.fill_model == "touch"
-        return not bool(self.exact_check)
-
-    def _attack_chunk(self, trained: SwaClassifier, sub: SnippetBatch, rng: np.random.Generator
-                      ) -> list[tuple[int, AttackRecord]]:
-        from lobsim.metrics import capital as capital_of
-        from lobsim.propagation import TouchPropagator, propagate
-
-        dev = self.device
-        P, S, M = book_tensors(sub, dev)
-        y_all = torch.as_tensor(sub.labels, device=dev)
-        with torch.no_grad(), gradient_mode(trained):
-            pred0 = logits_of(trained, P, S, M).argmax(dim=1).cpu().numpy()
-        out: list[tuple[int, AttackRecord]] = []
-        for k in np.nonzero(pred0 != sub.labels)[0]:
-            out.append((int(k), self._record(sub, int(k), int(pred0[k]), int(pred0[k]), False, False,
-                                              "misclassified_before")))
-        act = np.nonzero(pred0 == sub.labels)[0]
-        if act.size == 0:
-            return out
-        W, L = sub.window, sub.levels
-        op = TouchPropagator(sub, device=dev).select(act)
-        bsub = sub.select(act)
-        Pa, Sa, Ma, ya = P[act], S[act], M[act], y_all[act]
-        maskf = Ma.to(Pa.dtype)
-        a = torch.zeros(Pa.shape, dtype=Pa.dtype, device=dev)
-        alpha0: torch.Tensor | None = None
-        best = np.zeros((act.size, W, 2, L), np.int64)  # last rounded orders within budget
-        peak = np.zeros(act.size)
-        ids = act.copy()  # chunk-local index of each active row
-        finished: list[tuple[int, int, np.ndarray, float, int]] = []  # (chunk idx, iterations, orders, peak, code)
-        torch_check = self._check_on_torch()
-        for it in range(1, self.max_iter + 1):
-            u = float(rng.uniform())
-            a.requires_grad_(True)
-            with gradient_mode(trained):
-                logits = logits_of(trained, Pa, Sa + op(a), Ma)
-                loss = F.cross_entropy(logits, ya, reduction="sum")
-                (g,) = torch.autograd.grad(loss, a)
-            g = g * maskf
-            a = a.detach()
-            if alpha0 is None:
-                gmax = g.abs().amax(dim=(1, 2, 3))
-                if self.alpha0 == "auto":
-                    alpha0 = torch.where(gmax > 0, 2.0 * self.step_shares / gmax.clamp_min(1e-30),
-                                         torch.zeros_like(gmax))
-                else:
-                    alpha0 = torch.full_like(gmax, float(self.alpha0))
-                zero = (gmax <= 0).cpu().numpy()
-            else:
-                zero = np.zeros(ids.size, bool)
-            a = torch.clamp(a + u * alpha0[:, None, None, None] * g, min=0.0) * maskf
-            a_hat = round_orders(a, self.r) * maskf
-            a_int = a_hat.detach().cpu().numpy().astype(np.int64)
-            cap = capital_of(a_int, bsub.prices)
-            over = cap > self.budget
-            peak = np.maximum(peak, cap)
-            if torch_check:
-                with torch.no_grad(), gradient_mode(trained):
-                    pred = logits_of(trained, Pa, Sa + op(a_hat), Ma).argmax(dim=1).cpu().numpy()
-            else:
-                delta = propagate(a_int, bsub, fill_model=self.fill_model).delta
-                with torch.no_grad(), gradient_mode(trained):
-                    pred = logits_of(trained, Pa, Sa + torch.as_tensor(delta, dtype=Sa.dtype, device=dev),
-                                     Ma).argmax(dim=1).cpu().numpy()
-            within = ~over
-            best[within] = a_int[within]
-            success = within & (pred != bsub.labels)
-            code = np.where(zero, 3, np.where(over, 1, np.where(success, 0, 2 if it == self.max_iter else -1)))
-            done = code >= 0
-            for i in np.nonzero(done)[0]:
-                # Peak capital of a failure by budget includes the rejected step; of a success, its path.
-                finished.append((int(ids[i]), it, best[i].copy(), float(peak[i]), int(code[i])))
-            if done.all():
-                break
-            keep = np.nonzero(~done)[0]
-            if keep.size < ids.size:
-                op = op.select(keep)
-                bsub = bsub.select(keep)
-                kt = torch.as_tensor(keep, device=dev)
-                Pa, Sa, Ma, ya, maskf, a, alpha0 = (t[kt] for t in (Pa, Sa, Ma, ya, maskf, a, alpha0))
-                best, peak, ids = best[keep], peak[keep], ids[keep]
-        # Records from the exact engine on the returned orders.
-        order = [f[0] for f in finished]
-        fin = sub.select(np.asarray(order, np.int64))
-        orders = np.stack([f[2] for f in finished])
-        prop = propagate(orders, fin, fill_model=self.fill_model)
-        pred_after, _ = evaluate_orders(trained, fin, orders, self.fill_model, dev)
-        from lobsim.metrics import cost, relative_size
-
-        caps = capital_of(orders, fin.prices)
-        costs = cost(orders, fin, prop)
-        sizes = relative_size(prop.delta, fin.sizes, fin.mask)
-        status_of = {0: "success", 1: "budget", 2: "max_iter", 3: "zero_gradient"}
-        for n, (k, it, o, pk, code) in enumerate(finished):
-            ok = bool(pred_after[n] != sub.labels[k])
-            status = "success" if ok else (status_of[code] if code != 0 else "max_iter")
-            rec = self._record(sub, k, int(pred0[k]), int(pred_after[n]), True, ok, status)
-            rec.iterations, rec.capital, rec.peak_capital = it, float(caps[n]), pk
-            rec.cost, rec.relative_size, rec.orders = float(costs[n]), float(sizes[n]), sparse_orders(o)
-            out.append((k, rec))
-        return out
-
-    def _record(self, sub: SnippetBatch, k: int, before: int, after: int, attacked: bool, success: bool,
-                status: str) -> AttackRecord:
-        return AttackRecord(index=k, day=int(sub.day[k]), start=int(sub.start[k]), label=int(sub.labels[k]),
-                            pred_before=before, pred_after=after, attacked=attacked, success=success,
-                            status=status, model=self.model_name)
+        return run_members(trained, batch, [self.member()], budget=self.budget,
+                           objective=self.resolved_objective(), seed=seed, batch_size=self.batch_size,
+                           device=self.device, fill_model=self.fill_model, exact_check=self.exact_check is True,
+                           model_name=self.model_name, progress=progress, label="capital attack")
 
 
 def transfer_accuracy(records: Sequence[AttackRecord], batch: SnippetBatch, victim: SwaClassifier,

@@ -14,7 +14,7 @@ from data_loaders.rundir import atomic_write_text
 
 CLASS_NAMES = ("down", "flat", "up")
 
-STATUSES = ("misclassified_before", "success", "budget", "max_iter", "zero_gradient")
+STATUSES = ("misclassified_before", "not_eligible", "success", "budget", "max_iter", "zero_gradient")
 
 
 def class_index(name: str | int) -> int:
@@ -34,11 +34,16 @@ def class_index(name: str | int) -> int:
 class AttackRecord:
     """What an attack did to one snippet.
 
-    ``orders`` is sparse: one ``[t, side, level, shares]`` per nonzero entry of the returned integer orders.
-    ``capital``/``cost``/``relative_size`` describe the returned orders (exactly propagated). ``peak_capital`` is
-    the largest capital of the rounded orders along the attack path up to its stop: the same attack with any
-    budget ``c >= peak_capital`` follows the same path, so a successful snippet is fooled at budget c iff
-    ``peak_capital <= c``.
+    ``orders`` is sparse: one ``[t, side, level, shares]`` per nonzero entry of the returned integer orders: for a
+    success the cheapest fooling orders found (after minimisation), verified on the exact engine. ``capital`` /
+    ``cost`` / ``relative_size`` describe the returned orders (exactly propagated). A successful snippet is fooled
+    at budget c iff ``capital <= c`` (the curves and Table 3.2 read it so).
+
+    ``first_capital``: capital of the winning member's first success (before minimisation). ``winner``: the member
+    that found the returned orders (``greedy``, ``gradient``, ``thesis``, ``search``). ``member_capital``: the
+    cheapest capital each member that ran found (None: not fooled). ``masking``: a gradient-free member fooled the
+    snippet where every gradient member failed (possible gradient masking). ``peak_capital``: the largest capital
+    along the winning member's path up to its first success (thesis rule: the whole path).
     """
 
     index: int
@@ -57,6 +62,11 @@ class AttackRecord:
     relative_size: float = 0.0
     orders: list[list[int]] = field(default_factory=list)
     model: str = ""
+    first_capital: float = 0.0
+    winner: str = ""
+    member_capital: dict[str, float | None] = field(default_factory=dict)
+    masking: bool = False
+    objective: str = "untargeted"
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -123,33 +133,56 @@ def clean_accuracy(records: Sequence[AttackRecord]) -> float:
     return float(np.mean([r.attacked for r in records]))
 
 
-def capital_curve(records: Sequence[AttackRecord], budgets: Sequence[float]) -> np.ndarray:
-    """Accuracy under attack at each budget, from one run with a budget >= max(budgets).
+def fooled_at(records: Sequence[AttackRecord], budget: float | None, basis: str = "capital") -> np.ndarray:
+    """(n,) bool: fooled at ``budget`` (None: any) by the cheapest orders found (``basis="capital"``) or, for
+    thesis-rule runs without minimisation, by the path peak (``basis="peak"``: a run with that budget would have
+    stopped there)."""
+    if basis not in ("capital", "peak"):
+        raise ValueError(f"basis must be 'capital' or 'peak', got {basis!r}")
+    ok = np.array([r.success for r in records], bool)
+    if budget is None:
+        return ok
+    cost = np.array([r.capital if basis == "capital" else r.peak_capital for r in records], float)
+    return ok & (cost <= budget)
 
-    A snippet is fooled at budget c iff its attack succeeded with ``peak_capital <= c`` (the path of the attack
-    does not depend on the budget until the budget stops it, and the step sizes are drawn per iteration, not per
-    snippet).
+
+def capital_curve(records: Sequence[AttackRecord], budgets: Sequence[float], basis: str = "capital") -> np.ndarray:
+    """Accuracy under attack at each budget from one run with a budget >= max(budgets).
+
+    A snippet is fooled at budget c iff its cheapest fooling orders found cost at most c (``basis="capital"``,
+    the default): those orders exist and fit the budget. Snippets misclassified before count as wrong.
     """
     if not records:
         return np.full(len(budgets), np.nan)
     attacked = np.array([r.attacked for r in records])
-    success = np.array([r.success for r in records])
-    peak = np.array([r.peak_capital for r in records])
-    return np.array([np.mean(attacked & ~(success & (peak <= c))) for c in budgets])
+    return np.array([np.mean(attacked & ~fooled_at(records, c, basis)) for c in budgets])
 
 
-def summarize(records: Sequence[AttackRecord], budget: float | None = None) -> dict:
+def winner_counts(records: Sequence[AttackRecord], budget: float | None = None) -> dict[str, int]:
+    """How many snippets each member won (among the successes at ``budget``)."""
+    won = fooled_at(records, budget)
+    out: dict[str, int] = {}
+    for r, w in zip(records, won):
+        if w:
+            out[r.winner or "?"] = out.get(r.winner or "?", 0) + 1
+    return dict(sorted(out.items()))
+
+
+def summarize(records: Sequence[AttackRecord], budget: float | None = None, basis: str = "capital") -> dict:
     """A_test, A_adv and the means over successful attacks of capital, relative size and cost (Table 3.2).
 
-    With ``budget``, a success counts only if its ``peak_capital <= budget`` (the result a run with that budget
-    would have given; see :func:`capital_curve`).
+    With ``budget``, a success counts only if its cheapest orders cost at most ``budget`` (see
+    :func:`capital_curve`). ``capital_mean`` is the mean minimal capital; ``first_capital_mean`` the mean capital
+    at the winning member's first success (before minimisation).
     """
-    def won(r: AttackRecord) -> bool:
-        return r.success and (budget is None or r.peak_capital <= budget)
+    won = fooled_at(records, budget, basis) if records else np.zeros(0, bool)
+    ok = [r for r, w in zip(records, won) if w]
 
-    ok = [r for r in records if won(r)]
     def mean(xs: list[float]) -> float:
         return float(np.mean(xs)) if xs else float("nan")
+
+    def median(xs: list[float]) -> float:
+        return float(np.median(xs)) if xs else float("nan")
 
     return {
         "n": len(records),
@@ -157,10 +190,14 @@ def summarize(records: Sequence[AttackRecord], budget: float | None = None) -> d
         "attacked": int(sum(r.attacked for r in records)),
         "successes": len(ok),
         "a_test": clean_accuracy(records),
-        "a_adv": float(np.mean([r.attacked and not won(r) for r in records])) if records else float("nan"),
+        "a_adv": float(np.mean([r.attacked and not w for r, w in zip(records, won)])) if records else float("nan"),
         "capital_mean": mean([r.capital for r in ok]),
+        "capital_median": median([r.capital for r in ok]),
+        "first_capital_mean": mean([r.first_capital for r in ok]),
         "size_mean": mean([r.relative_size for r in ok]),
         "cost_mean": mean([r.cost for r in ok]),
         "iterations_mean": mean([r.iterations for r in ok]),
+        "winners": winner_counts(records, budget),
+        "masking": int(sum(r.masking for r in records)),
         "status_counts": {s: int(sum(r.status == s for r in records)) for s in STATUSES},
     }

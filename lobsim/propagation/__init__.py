@@ -1,7 +1,8 @@
 """Public entry for order propagation: the exact integer engine, the differentiable operator, universal orders.
 
-See :mod:`lobsim.propagation.exact` for the semantics (fill models, order of events inside a step) and
-:mod:`lobsim.propagation.touch` for the differentiable touch-model operator.
+See :mod:`lobsim.propagation.exact` for the semantics (fill models, order of events inside a step),
+:mod:`lobsim.propagation.touch` for the differentiable touch-model operator and :mod:`lobsim.propagation.fused`
+for the fused propagation -> SWA kernels that attacks on SWA-only models use.
 """
 
 from __future__ import annotations
@@ -15,18 +16,22 @@ from lobsim.propagation.exact import (
     Fills,
     Propagation,
     check_orders,
+    check_prices,
     propagate,
     propagate_reference,
 )
+from lobsim.propagation.fused import FusedTouchSwa
 from lobsim.propagation.touch import TouchPropagator
 from lobsim.snippets import SnippetBatch
 
 __all__ = [
     "FILL_MODELS",
     "Fills",
+    "FusedTouchSwa",
     "Propagation",
     "TouchPropagator",
     "check_orders",
+    "check_prices",
     "propagate",
     "propagate_reference",
     "universal_orders",

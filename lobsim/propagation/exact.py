@@ -120,6 +120,54 @@ def _find_bad_orders(orders, prices, err):
                         err[b, 3] = code
 
 
+def check_prices(batch: SnippetBatch) -> None:
+    """Real prices within one side of one snapshot must be distinct: a ValueError names the first duplicate.
+
+    (Two levels at one price would share the attacker's resting shares and count them twice in the book.)
+    """
+    prices = np.ascontiguousarray(batch.prices, dtype=np.int64)
+    out = np.full((prices.shape[0], 4), -1, np.int64)
+    with numba_threads_for(prices.size):
+        _find_duplicate_prices(prices, out)
+    bad = np.flatnonzero(out[:, 0] >= 0)
+    if len(bad):
+        b = int(bad[0])
+        t, s, i, j = (int(v) for v in out[b])
+        raise ValueError(f"duplicate price {prices[b, t, s, j]} on side {s} at snippet {b}, step {t} (levels {i} and "
+                         f"{j}): prices within one side of a snapshot must be distinct")
+
+
+@njit(cache=True, parallel=True)
+def _find_duplicate_prices(prices, out):
+    """out[b] = (t, s, i, j) of snippet b's first pair of levels i < j with one real price, else -1."""
+    B, W, _, L = prices.shape
+    for b in prange(B):
+        for t in range(W):
+            for s in range(2):
+                if t > 0:  # the same ladder as the step before was checked there
+                    same = True
+                    for j in range(L):
+                        if prices[b, t, s, j] != prices[b, t - 1, s, j]:
+                            same = False
+                            break
+                    if same:
+                        continue
+                for j in range(1, L):
+                    v = prices[b, t, s, j]
+                    if v == 9999999999 or v == -9999999999:
+                        continue
+                    for i in range(j):
+                        if prices[b, t, s, i] == v and out[b, 0] < 0:
+                            out[b, 0] = t
+                            out[b, 1] = s
+                            out[b, 2] = i
+                            out[b, 3] = j
+                if out[b, 0] >= 0:
+                    break
+            if out[b, 0] >= 0:
+                break
+
+
 def check_executions(batch: SnippetBatch) -> None:
     """Executions must have side 0/1 and a CSR pointer that is non-decreasing."""
     bad = np.flatnonzero((batch.exec_side != 0) & (batch.exec_side != 1))
@@ -322,6 +370,7 @@ def propagate(
         raise ValueError(f"fill_model must be one of {FILL_MODELS}, got {fill_model!r}")
     orders = check_orders(orders, batch)
     check_executions(batch)
+    check_prices(batch)
     prices = np.ascontiguousarray(batch.prices, dtype=np.int64)
     exec_ptr = np.ascontiguousarray(batch.exec_ptr, dtype=np.int64)
     side = np.ascontiguousarray(batch.exec_side, dtype=np.int8)
@@ -366,6 +415,7 @@ def propagate_reference(
     if fill_model not in FILL_MODELS:
         raise ValueError(f"fill_model must be one of {FILL_MODELS}, got {fill_model!r}")
     orders = check_orders(orders, batch)
+    check_prices(batch)
     B, W, _, L = batch.prices.shape
     mask = level_mask(batch.prices)
     delta = np.zeros(orders.shape, np.int64)

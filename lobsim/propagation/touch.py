@@ -143,11 +143,14 @@ def _touch_keys(prices, exec_ptr, exec_side, exec_price, exec_hidden, include_hi
 
 
 @njit(cache=True, parallel=True)
-def _touch_forward(x, key, exec_ptr, reset_key, n_keys, out):
-    """out[t] = per-key running sum of x over time, zeroed at the key's executions (before step t's orders)."""
+def _touch_forward(x, key, exec_ptr, reset_key, n_keys, out, bad):
+    """out[t] = per-key running sum of x over time, zeroed at the key's executions (before step t's orders).
+
+    ``bad[b]`` = flat index of snippet b's first negative order at a real level, else -1."""
     B, N = x.shape
     M = N // (exec_ptr.shape[1] - 1)
     for b in prange(B):
+        bad[b] = -1
         acc = np.zeros(n_keys[b], np.float64)
         for t in range(exec_ptr.shape[1] - 1):
             for e in range(exec_ptr[b, t], exec_ptr[b, t + 1]):
@@ -155,7 +158,10 @@ def _touch_forward(x, key, exec_ptr, reset_key, n_keys, out):
                     acc[reset_key[e]] = 0.0
             for q in range(t * M, (t + 1) * M):
                 if key[b, q] >= 0:
-                    acc[key[b, q]] += x[b, q]
+                    v = x[b, q]
+                    if v < 0 and bad[b] < 0:
+                        bad[b] = q
+                    acc[key[b, q]] += v
             for q in range(t * M, (t + 1) * M):
                 k = key[b, q]
                 out[b, q] = acc[k] if k >= 0 else 0.0
@@ -186,8 +192,10 @@ class _NumbaTouch(torch.autograd.Function):
         ctx.op = op
         xf = x.detach().reshape(x.shape[0], -1).contiguous()
         out = torch.empty_like(xf)
+        bad = np.empty(xf.shape[0], np.int64)
         with numba_threads_for(xf.numel()):
-            _touch_forward(xf.numpy(), op._key, op._exec_ptr, op._reset_key, op._n_keys, out.numpy())
+            _touch_forward(xf.numpy(), op._key, op._exec_ptr, op._reset_key, op._n_keys, out.numpy(), bad)
+        raise_if_negative(bad, xf, op.shape)
         return out.view(x.shape)
 
     @staticmethod
@@ -204,7 +212,15 @@ class _TorchTouch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, op: TouchPropagator) -> torch.Tensor:
         ctx.op = op
-        xf = x.detach().reshape(x.shape[0], -1) * op._mask_flat.to(x.dtype)
+        mask = op._mask_flat.to(x.dtype)
+        xf = x.detach().reshape(x.shape[0], -1)
+        neg = (xf < 0) & (mask > 0)
+        if bool(neg.any()):
+            bad = np.full(xf.shape[0], -1, np.int64)
+            rows, cols = (v.cpu().numpy() for v in torch.nonzero(neg, as_tuple=True))
+            bad[rows[::-1]] = cols[::-1]  # the first bad column of each row
+            raise_if_negative(bad, xf, op.shape)
+        xf = xf * mask
         xs = xf.gather(1, op._perm_t).to(op.accumulate_dtype)
         c = xs.cumsum(1)
         ys = c - (c - xs).gather(1, op._first_t)
@@ -220,12 +236,26 @@ class _TorchTouch(torch.autograd.Function):
         return (out * op._mask_flat.to(g.dtype)).view(g.shape), None
 
 
+def raise_if_negative(bad: np.ndarray, x: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """ValueError naming the first negative order (``bad[b]`` = flat index in snippet b or -1)."""
+    rows = np.flatnonzero(bad >= 0)
+    if not len(rows):
+        return
+    b = int(rows[0])
+    q = int(bad[b])
+    _, _, _, L = shape
+    t, s, j = q // (2 * L), (q // L) % 2, q % L
+    raise ValueError(f"negative order {float(x[b, q]):g} at snippet {b}, step {t}, side {s}, level {j}: orders are "
+                     "shares the attacker adds and must be >= 0")
+
+
 class TouchPropagator:
     """Differentiable touch-model propagation for one SnippetBatch: ``op(a) -> delta``, both (B, W, 2, L).
 
     Built once per batch (the clean-book structure); ``op(a)`` is linear in ``a`` and equals
-    :func:`lobsim.propagation.propagate` (``fill_model="touch"``) on integer orders.
-    Real prices within one side of one snapshot must be distinct (a ValueError names the first duplicate).
+    :func:`lobsim.propagation.propagate` (``fill_model="touch"``) on integer orders. Negative orders are refused
+    (ValueError naming the entry). Real prices within one side of one snapshot must be distinct (a ValueError names
+    the first duplicate). The operator keeps only its index structure, not the batch's price/size arrays.
     """
 
     def __init__(
@@ -244,12 +274,12 @@ class TouchPropagator:
         if backend == "numba" and self.device.type != "cpu":
             raise ValueError("the numba backend runs on the CPU only; use backend='torch' on other devices")
         check_executions(batch)
-        self.batch = batch
         self.backend = backend
         self.dtype = dtype
         self.include_hidden = include_hidden
         self.accumulate_dtype = torch.float64
         B, W, _, L = batch.prices.shape
+        self._shape = (B, W, 2, L)
         N = W * 2 * L
         dup = np.full((B, 3), -1, np.int64)
         args = (
@@ -260,11 +290,11 @@ class TouchPropagator:
             np.ascontiguousarray(batch.exec_hidden, dtype=np.bool_),
             bool(include_hidden),
         )
+        self._exec_ptr = args[1]
         if backend == "numba":
             self._key = np.empty((B, N), np.int32)
             self._reset_key = np.empty(args[2].shape[0], np.int32)
             self._n_keys = np.empty(B, np.int64)
-            self._exec_ptr = args[1]
             with numba_threads_for(B * N):
                 _touch_keys(*args, self._key, self._reset_key, self._n_keys, dup)
         else:
@@ -279,9 +309,9 @@ class TouchPropagator:
             t, s, j = (int(v) for v in dup[b])
             raise ValueError(f"duplicate price {batch.prices[b, t, s, j]} on side {s} at snippet {b}, step {t} "
                              f"(level {j}): prices within a side must be distinct")  # fmt: skip
-        self.mask = torch.as_tensor(level_mask(batch.prices), device=self.device)
-        self._mask_flat = self.mask.reshape(B, N).to(dtype)
         if backend == "torch":
+            self._mask_t = torch.as_tensor(level_mask(batch.prices), device=self.device)
+            self._mask_flat = self._mask_t.reshape(B, N).to(dtype)
             self._build_torch_index()
 
     def _build_torch_index(self) -> None:
@@ -297,10 +327,17 @@ class TouchPropagator:
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return tuple(self.batch.prices.shape)  # type: ignore[return-value]
+        return self._shape  # type: ignore[return-value]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """Bool (B, W, 2, L) of the real (unmasked) levels, on the operator's device."""
+        if self.backend == "numba":
+            return torch.from_numpy(self._key >= 0).view(self._shape)
+        return self._mask_t
 
     def __call__(self, a: torch.Tensor) -> torch.Tensor:
-        """Propagate float orders a (B, W, 2, L) on this operator's device; differentiable in a."""
+        """Propagate float orders a >= 0 (B, W, 2, L) on this operator's device; differentiable in a."""
         if tuple(a.shape) != self.shape:
             raise ValueError(f"orders have shape {tuple(a.shape)}, expected {self.shape}")
         if not a.is_floating_point():
@@ -318,18 +355,20 @@ class TouchPropagator:
         index = np.flatnonzero(index) if index.dtype == np.bool_ else index.astype(np.int64)
         new = object.__new__(TouchPropagator)
         new.__dict__.update(self.__dict__)
-        new.batch = self.batch.select(index)
+        new._shape = (len(index),) + tuple(self._shape[1:])
+        ptr = self._exec_ptr
+        counts = ptr[index, -1] - ptr[index, 0]
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(index) else np.zeros(0, np.int64)
+        new._exec_ptr = np.ascontiguousarray(ptr[index] - ptr[index, :1] + offsets[:, None], dtype=np.int64)
         if self.backend == "numba":
-            ptr = self._exec_ptr
             new._key = np.ascontiguousarray(self._key[index])
             new._n_keys = np.ascontiguousarray(self._n_keys[index])
-            new._exec_ptr = np.ascontiguousarray(new.batch.exec_ptr, dtype=np.int64)
             parts = [self._reset_key[ptr[b, 0] : ptr[b, -1]] for b in index]
             new._reset_key = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
-        ti = torch.as_tensor(index, device=self.device)
-        new.mask = self.mask[ti]
-        new._mask_flat = self._mask_flat[ti]
-        if self.backend == "torch":
+        else:
+            ti = torch.as_tensor(index, device=self.device)
+            new._mask_t = self._mask_t[ti]
+            new._mask_flat = self._mask_flat[ti]
             new._perm = np.ascontiguousarray(self._perm[index])
             new._start = np.ascontiguousarray(self._start[index])
             new._n_real = np.ascontiguousarray(self._n_real[index])

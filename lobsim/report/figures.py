@@ -36,6 +36,15 @@ def book_image(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x[:, 0, ::-1], x[:, 1, :]], axis=1)
 
 
+def level_ticks(L: int) -> tuple[list[int], list[str]]:
+    """x positions and labels of a :func:`book_image` with ``L`` levels: ``b10 .. b1 | a1 .. a10`` (every level
+    up to 10 per side, else about ten per side)."""
+    step = max(1, -(-L // 10))
+    bid = [j for j in range(L) if (L - 1 - j) % step == 0 or j == L - 1]  # columns 0..L-1 = levels L..1
+    ask = [L + j for j in range(L) if j % step == 0]
+    return bid + ask, [f"b{L - j}" for j in bid] + [f"a{j - L + 1}" for j in ask]
+
+
 def _heat(ax, img: np.ndarray, title: str, dt: float, vmin: float | None = None, vmax: float | None = None,
           cmap: str = "viridis") -> None:
     W, twoL = img.shape
@@ -43,7 +52,9 @@ def _heat(ax, img: np.ndarray, title: str, dt: float, vmin: float | None = None,
     im = ax.imshow(img, aspect="auto", origin="upper", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax,
                    extent=(-0.5, twoL - 0.5, W * dt, 0.0))
     ax.axvline(L - 0.5, color="white", lw=0.8)
-    ax.set_xticks([L / 2 - 0.5, L + L / 2 - 0.5], ["buy orders", "sell orders"])
+    ticks, labels = level_ticks(L)
+    ax.set_xticks(ticks, labels, fontsize=6, rotation=90 if len(ticks) > 12 else 0)
+    ax.set_xlabel("book level (bid: deepest ... best 1 | ask: best 1 ... deepest)", fontsize=8)
     ax.set_ylabel("time in window (s)")
     ax.set_title(title, fontsize=9)
     ax.figure.colorbar(im, ax=ax, label="shares")
@@ -110,10 +121,12 @@ def fig_capital_curves(budgets: Sequence[float], curves: Mapping[str, Sequence[f
     """Accuracy-vs-capital curves (one line per model, log-scaled capital axis), clean accuracy dashed."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    if len(budgets) < 2:
+        raise ValueError("fig_capital_curves: a curve needs at least two budgets")
     for name, acc in curves.items():
-        line = ax.plot(budgets, 100 * np.asarray(acc, dtype=np.float64), "o-", ms=3, label=name)[0]
+        line = ax.plot(budgets, 100 * np.asarray(acc, dtype=np.float64), "o-", ms=3, label=f"{name} under attack")[0]
         if clean and name in clean:
-            ax.axhline(100 * clean[name], ls="--", lw=0.8, color=line.get_color())
+            ax.axhline(100 * clean[name], ls="--", lw=0.8, color=line.get_color(), label=f"{name} clean (no attack)")
     ax.axhline(100 / 3, color="k", lw=0.6, ls=":", label="chance")
     ax.set_xscale("log")
     ax.set_xlabel("capital budget ($)")

@@ -15,6 +15,8 @@ from data_loaders.rundir import atomic_write_text, write_json
 # Table 3.2: one row per (ticker, model). Values are fractions (accuracies) / dollars / percent.
 TABLE_32_COLUMNS = ("ticker", "model", "a_test", "a_rand", "a_adv", "capital", "size", "cost", "n")
 _HEAD_32 = ("Ticker", "Model", "A_test (%)", "A_rand (%)", "A_adv (%)", "Capital ($)", "Size (%)", "Cost ($)", "n")
+# Block-bootstrap standard errors of the accuracies (lobsim.stats), shown as "acc ± se" when present.
+TABLE_32_ERRORS = ("a_test_se", "a_rand_se", "a_adv_se")
 
 
 def _num(x: Any) -> float | None:
@@ -51,17 +53,22 @@ def merge_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         key = (str(row["ticker"]), str(row["model"]))
         cur = merged.setdefault(key, {c: None for c in TABLE_32_COLUMNS} | {"ticker": key[0], "model": key[1]})
         for k, v in row.items():
-            if k in TABLE_32_COLUMNS and v is not None:
+            if (k in TABLE_32_COLUMNS or k in TABLE_32_ERRORS) and v is not None:
                 cur[k] = v
     return list(merged.values())
 
 
 def table_32_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Table 3.2 as markdown: accuracies in percent, capital/size/cost means over successful attacks."""
+    """Table 3.2 as markdown: accuracies in percent (± block-bootstrap SE when the row holds one), capital/size/cost
+    means over successful attacks."""
     kinds = ("str", "str", "pct", "pct", "pct", "money", "size", "cost", "int")
     lines = ["| " + " | ".join(_HEAD_32) + " |", "|" + "---|" * len(_HEAD_32)]
     for r in rows:
         cells = [str(r.get(c, "")) if k == "str" else _fmt(r.get(c), k) for c, k in zip(TABLE_32_COLUMNS, kinds)]
+        for i, c in enumerate(TABLE_32_COLUMNS):
+            se = _num(r.get(f"{c}_se"))
+            if kinds[i] == "pct" and se is not None and cells[i] != "-":
+                cells[i] += f" ± {100 * se:.1f}"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -117,16 +124,36 @@ def write_table_32(out: str | os.PathLike, rows: Sequence[Mapping[str, Any]], ti
     out = Path(out)
     md = (f"{title}\n\n" if title else "") + table_32_markdown(rows)
     return [atomic_write_text(out / "table_3_2.md", md),
-            atomic_write_text(out / "table_3_2.csv", rows_csv(rows, TABLE_32_COLUMNS)),
+            atomic_write_text(out / "table_3_2.csv", rows_csv(rows, TABLE_32_COLUMNS + TABLE_32_ERRORS)),
             write_json(out / "table_3_2.json", list(rows))]
 
 
-def write_table_33(out: str | os.PathLike, matrix: Mapping[str, Mapping[str, Mapping[str, Any]]], title: str = ""
-                   ) -> list[Path]:
-    """table_3_3.md / .csv / .json in ``out``."""
+def write_table_33(out: str | os.PathLike, matrix: Mapping[str, Mapping[str, Mapping[str, Any]]], title: str = "",
+                   stem: str = "table_3_3") -> list[Path]:
+    """``stem``.md / .csv / .json in ``out`` (a second Table 3.3 of one report is ``table_3_3_2``, ...)."""
     out = Path(out)
     md = (f"{title}\n\n" if title else "") + table_33_markdown(matrix)
     cols = ("victim", "surrogate", "fooled", "eligible", "fool_rate", "size", "capital")
-    return [atomic_write_text(out / "table_3_3.md", md),
-            atomic_write_text(out / "table_3_3.csv", rows_csv(table_33_rows(matrix), cols)),
-            write_json(out / "table_3_3.json", matrix)]
+    return [atomic_write_text(out / f"{stem}.md", md),
+            atomic_write_text(out / f"{stem}.csv", rows_csv(table_33_rows(matrix), cols)),
+            write_json(out / f"{stem}.json", matrix)]
+
+
+def transfer_markdown(matrix: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """Transfer of per-snippet orders: one row per model the orders were crafted on, one column per model they
+    were replayed on; cells ``accuracy % (clean %)``."""
+    victims: list[str] = []
+    for per_victim in matrix.values():
+        victims += [v for v in per_victim if v not in victims]
+    head = ["Orders crafted on \\ replayed on"] + victims
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for src, per_victim in matrix.items():
+        cells = [src]
+        for v in victims:
+            res = per_victim.get(v)
+            acc = _num(res.get("accuracy")) if res else None
+            clean = _num(res.get("clean_accuracy")) if res else None
+            cells.append("-" if acc is None else f"{100 * acc:.2f}" + ("" if clean is None else
+                                                                      f" (clean {100 * clean:.2f})"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

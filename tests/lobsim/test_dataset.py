@@ -204,3 +204,40 @@ def test_real_goog_day_swa_matches_the_orderbook_file() -> None:
     assert 570 < series.min() < series.max() < 590
     tau = m.fit_tau()
     assert abs(np.mean(m.labels(*m.all_train_starts(), tau) == FLAT) - 1 / 3) < 0.05
+
+
+def test_multichannel_windows_match_the_adapters() -> None:
+    from lobsim.adapters import features_numpy
+
+    books = [make_book(400, seed=8), make_book(400, seed=9)]
+    m = Market(books, FEATS)
+    day, start = np.array([1, 0, 1]), np.array([5, 200, 330])
+    inputs = ("imbalance", "swa", "depth")
+    x = m.windows(inputs, day, start)
+    assert x.shape == (3, 50, 4)
+    for b in range(3):
+        bk = books[day[b]]
+        sl = slice(start[b], start[b] + 50)
+        np.testing.assert_allclose(x[b], features_numpy(inputs, bk.prices[sl], bk.sizes[sl]), atol=1e-12)
+    np.testing.assert_array_equal(m.windows(("swa",), day, start)[..., 0], m.swa_windows(day, start))
+
+
+@pytest.mark.parametrize("n_days", [1, 3])
+def test_validation_split_is_held_out_in_time_with_a_gap(n_days: int) -> None:
+    books = [make_book(2000, seed=i, date=f"2020-01-0{i + 1}") for i in range(n_days)]
+    m = Market(books, FEATS)
+    W, H = m.window, m.horizon
+    fit, val = m.validation_split(0.25)
+    for f, v, r in zip(fit, val, m.train_regions):
+        assert f.day == v.day == r.day and f.lo == r.lo and v.hi == r.hi
+        # every fit span [s, s + W + H) ends at least `gap` steps before the first validation start
+        assert (f.hi - 1) + W + H + m.gap <= v.lo
+        assert 0.15 < v.count / r.count < 0.3
+    d, s = Market.sample_regions(fit, 3000, np.random.default_rng(0))
+    assert all(s[d == r.day].max() < r.hi for r in fit)
+    vd, vs = Market.refs_in(val, 100, seed=1)
+    assert len(set(zip(vd, vs))) == 100 and all(vs[vd == r.day].min() >= r.lo for r in val)
+    with pytest.raises(ValueError, match="--val-fraction"):
+        m.validation_split(1.0)
+    with pytest.raises(ValueError, match="no validation snippet"):
+        Market([make_book(800)], FEATS).validation_split(0.05)

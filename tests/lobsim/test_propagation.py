@@ -251,8 +251,8 @@ def test_operator_linear_and_adjoint(backend):
     rng = np.random.default_rng(5)
     bt = make_batch(rng, B=2, W=50, L=3)
     op = TouchPropagator(bt, backend=backend)
-    x, y = (torch.randn(op.shape, dtype=torch.float64) for _ in range(2))
-    torch.testing.assert_close(op(2.5 * x - 0.5 * y), 2.5 * op(x) - 0.5 * op(y))
+    x, y = (torch.rand(op.shape, dtype=torch.float64) for _ in range(2))  # orders are >= 0
+    torch.testing.assert_close(op(2.5 * x + 0.5 * y), 2.5 * op(x) + 0.5 * op(y))
     x.requires_grad_(True)
     g = torch.randn(op.shape, dtype=torch.float64)
     out = op(x)
@@ -318,6 +318,20 @@ def test_operator_rejects_duplicate_prices_and_bad_backend():
         TouchPropagator(bt)
     with pytest.raises(ValueError, match="backend"):
         TouchPropagator(make_batch(rng), backend="triton-please")
+
+
+def test_exact_engine_rejects_duplicate_prices():
+    rng = np.random.default_rng(3)
+    bt = make_batch(rng, B=3, W=12, L=4, p_masked=0.0)
+    a = np.zeros(bt.prices.shape, np.int64)
+    propagate(a, bt)  # distinct prices: fine
+    bt.prices[2, 7, 0, 3] = bt.prices[2, 7, 0, 1]
+    for fn in (propagate, propagate_reference):
+        for fm in ("touch", "queue"):
+            with pytest.raises(ValueError, match="duplicate price .* side 0 at snippet 2, step 7 .levels 1 and 3."):
+                fn(a, bt, fm)
+    bt = make_batch(rng, B=1, W=6, L=3, p_masked=1.0)  # empty levels share the dummy price: not a duplicate
+    propagate(np.zeros(bt.prices.shape, np.int64), bt)
 
 
 def test_operator_on_cuda(cuda_device):

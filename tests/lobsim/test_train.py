@@ -36,8 +36,9 @@ def momentum_market() -> Market:
 
 def _cfg(kind: str, steps: int, **kw) -> TrainConfig:
     model = ModelConfig(kind=kind, preset="small", window=FEATS.window, **kw.pop("model", {}))
-    return TrainConfig(model=model, features=FEATS, steps=steps, batch=128, lr=3e-3, device="cpu", eval_n=2000,
-                       scale_n=1024, ckpt_every=50, **kw)
+    kw = {"lr": 3e-3, "ckpt_every": 50, **kw}
+    return TrainConfig(model=model, features=FEATS, steps=steps, batch=128, device="cpu", eval_n=2000,
+                       scale_n=1024, **kw)
 
 
 @pytest.mark.parametrize("kind,extra", [("linear", {}), ("mlp", {"hidden": [64]}), ("lstm", {"pool": 5})])
@@ -78,7 +79,8 @@ def test_checkpoint_round_trip_gives_identical_logits(momentum_market: Market, t
 
 
 def test_interrupted_training_resumes_bit_identically(momentum_market: Market, tmp_path: Path) -> None:
-    full = train(_cfg("mlp", 60, model={"hidden": [16]}), momentum_market, tmp_path / "full", progress=False)
+    es = {"val_fraction": 0.2, "eval_every": 10, "ckpt_every": 25}  # the best weights so far travel in the checkpoint
+    full = train(_cfg("mlp", 60, model={"hidden": [16]}, **es), momentum_market, tmp_path / "full", progress=False)
 
     class Interrupting:
         """The market, but Ctrl-C arrives during the 37th batch."""
@@ -89,17 +91,18 @@ def test_interrupted_training_resumes_bit_identically(momentum_market: Market, t
         def __getattr__(self, name: str):
             return getattr(self.market, name)
 
-        def sample_train(self, n, rng):
+        def sample_regions(self, regions, n, rng):
             self.calls += 1
-            if self.calls == 38:  # call 1 fits the normaliser
+            if self.calls == 37:  # the training batches (the normaliser's draw does not pass here)
                 raise KeyboardInterrupt
-            return self.market.sample_train(n, rng)
+            return self.market.sample_regions(regions, n, rng)
 
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg("mlp", 60, model={"hidden": [16]}), Interrupting(momentum_market), tmp_path / "cut",
+        train(_cfg("mlp", 60, model={"hidden": [16]}, **es), Interrupting(momentum_market), tmp_path / "cut",
               progress=False)
     assert (tmp_path / "cut" / "checkpoint.safetensors").exists() and not (tmp_path / "cut" / "model.json").exists()
-    resumed = train(_cfg("mlp", 60, model={"hidden": [16]}), momentum_market, tmp_path / "cut", progress=False)
+    resumed = train(_cfg("mlp", 60, model={"hidden": [16]}, **es), momentum_market, tmp_path / "cut", progress=False)
+    assert resumed.info["early_stopping"] == full.info["early_stopping"]
     for (k, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
     with pytest.raises(ValueError, match="different config"):
@@ -171,3 +174,110 @@ def test_accuracy_table_layout_and_duplicates() -> None:
     assert len(rows) == 3
     with pytest.raises(ValueError, match="both fill F / MLP"):
         accuracy_table(runs + [dict(runs[0], run="d")])
+
+
+def rule_book(T: int, seed: int, date: str, L: int = 5, H: int = 20):
+    """A book whose best-level imbalance announces the next H steps' move: the planted, known rule.
+
+    The mid walks in one-tick steps (probability 0.05 per step); at every step the level-0 sizes are
+    300 +- 100 x clip(future move over H steps, -2, 2) ticks. Deeper levels hold a constant 1,000 shares, so
+    the past SWA path carries no information about the future move; the imbalance carries all of it.
+    """
+    from lobsim.grid import GridBook
+
+    rng = np.random.default_rng(seed)
+    mid = np.cumsum(np.where(rng.random(T + H) < 0.05, rng.choice([-1, 1], T + H), 0))
+    future = np.clip(mid[H:] - mid[:T], -2, 2)
+    m = 5000 + mid[:T]
+    j = np.arange(L)
+    prices = np.empty((T, 2, L), np.int64)
+    prices[:, 0] = (m[:, None] - j) * 100
+    prices[:, 1] = (m[:, None] + 1 + j) * 100
+    sizes = np.full((T, 2, L), 1000, np.int64)
+    sizes[:, 0, 0] = 300 + 100 * future
+    sizes[:, 1, 0] = 300 - 100 * future
+    return GridBook(ticker="RULE", date=date, dt=0.01, times=34200.0 + 0.01 * np.arange(T), prices=prices,
+                    sizes=sizes, exec_ptr=np.zeros(T + 1, np.int64), exec_side=np.zeros(0, np.int8),
+                    exec_price=np.zeros(0, np.int64), exec_volume=np.zeros(0, np.int64),
+                    exec_hidden=np.zeros(0, bool))
+
+
+def test_multichannel_model_learns_a_planted_book_rule(tmp_path: Path) -> None:
+    market = Market([rule_book(6000, seed=20 + i, date=f"2020-02-0{i + 3}") for i in range(3)], FEATS)
+    res = {}
+    for inputs in (["swa"], ["swa", "imbalance"]):
+        cfg = _cfg("mlp", 300, model={"hidden": [32]}, inputs=inputs, val_fraction=0.2, eval_every=25)
+        trained = train(cfg, market, tmp_path / "-".join(inputs), progress=False)
+        assert trained.inputs == tuple(inputs) and trained.config.model.channels == len(inputs)
+        res["+".join(inputs)] = evaluate(trained, market, n=2000)
+    multi, single = res["swa+imbalance"], res["swa"]
+    assert multi.accuracy > 0.8, multi.summary()
+    assert multi.vs_best_constant["z"] > 5
+    # SWA alone cannot see the rule: near the best constant answer, far below the two-channel model.
+    assert single.accuracy < multi.accuracy - 0.2, single.summary()
+    assert multi.train_accuracy is not None and multi.val_accuracy is not None
+    # The logistic-regression baseline on the same inputs finds the rule too (and not on SWA alone).
+    from lobsim.logreg import fit_logistic
+
+    day, start = market.test_refs(2000)
+    y = market.labels(day, start, multi.tau)
+    for inputs, lo, hi in ((("swa", "imbalance"), 0.8, 1.0), (("swa",), 0.0, multi.accuracy - 0.2)):
+        lr = fit_logistic(market, inputs, tau=multi.tau, n_train=4000, val_n=1000, c_grid=(1.0,))
+        assert lo < np.mean(lr.predict(market, day, start) == y) < hi, (inputs, lr.info)
+
+
+def test_early_stopping_keeps_the_best_validation_weights(tmp_path: Path) -> None:
+    """On noise a wide MLP with a large step overfits: training stops early and returns the best weights."""
+    market = Market([make_book(6000, seed=30 + i, date=f"2020-03-0{i + 2}") for i in range(3)], FEATS)
+    cfg = _cfg("mlp", 600, model={"hidden": [256, 256]}, val_fraction=0.2, eval_every=20, patience=3, lr=1e-2)
+    trained = train(cfg, market, tmp_path / "es", progress=False)
+    es = trained.info["early_stopping"]
+    assert es["stopped_early"] and es["best_step"] < trained.info["steps_done"] < 600
+    log = json.loads((tmp_path / "es" / "train_log.json").read_text())["log"]
+    vals = [e for e in log if "val_loss" in e]
+    assert min(e["val_loss"] for e in vals) == pytest.approx(es["val_loss"], abs=1e-5)
+    assert [e["step"] for e in vals if e["val_loss"] == min(v["val_loss"] for v in vals)][0] == es["best_step"]
+    # The saved weights are the best ones: their validation loss is the best loss.
+    from lobsim.train import loss_and_accuracy
+
+    fit, val = market.validation_split(0.2)
+    loaded = load_run(tmp_path / "es")
+    vl, _ = loss_and_accuracy(loaded, market, Market.refs_in(val, cfg.val_n, seed=cfg.seed))
+    assert vl == pytest.approx(es["val_loss"], abs=1e-5)
+    assert trained.info["train_accuracy"] > 0.3
+
+
+def test_old_swa_only_model_files_load_and_book_logits_agree(momentum_market: Market, tmp_path: Path) -> None:
+    """A version-1 model.json (no inputs recorded, scalar normaliser) loads as an SWA-only model with the same
+    logits; logits_from_book (the attacks' entry) equals the numpy prediction path for every input set."""
+    from lobsim.attacks.capital import book_tensors
+    from lobsim.features import swa_torch
+
+    trained = train(_cfg("mlp", 20, model={"hidden": [16]}), momentum_market, tmp_path / "swa", progress=False)
+    meta_path = tmp_path / "swa" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    old = dict(meta, version=1, normalizer={"scale": meta["normalizer"]["scale"][0], "kind": "last"})
+    del old["inputs"], old["config"]["inputs"], old["model"]["channels"]
+    for k in ("val_fraction", "eval_every", "patience", "val_n"):
+        del old["config"][k]
+    meta_path.write_text(json.dumps(old))
+    (tmp_path / "swa" / "config.json").write_text(json.dumps(old["config"]))
+    loaded = load_run(tmp_path / "swa")
+    assert loaded.inputs == ("swa",)
+    day, start = momentum_market.test_refs(64, seed=2)
+    batch = momentum_market.batch(day, start)
+    P, S, M = book_tensors(batch, dtype=torch.float64)
+    with torch.no_grad():
+        ref = trained.logits_from_swa(torch.from_numpy(momentum_market.swa_windows(day, start)))
+        torch.testing.assert_close(loaded.logits_from_swa(torch.from_numpy(momentum_market.swa_windows(day, start))),
+                                   ref, rtol=0, atol=0)
+        torch.testing.assert_close(loaded.logits_from_book(P, S, M), loaded.logits_from_swa(swa_torch(P, S, M)))
+    multi = train(_cfg("lstm", 20, model={"pool": 5}, inputs=["swa", "microprice", "depth", "spread"]),
+                  momentum_market, tmp_path / "multi", progress=False)
+    multi = load_run(tmp_path / "multi")
+    assert multi.inputs == ("swa", "microprice", "depth", "spread") and multi.config.model.channels == 5
+    with torch.no_grad():
+        book = multi.logits_from_book(*book_tensors(batch))  # float32, prices centred per snippet
+    np.testing.assert_allclose(book.numpy(), multi.predict_logits(momentum_market, day, start), atol=2e-4)
+    with pytest.raises(ValueError, match="not SWA alone"):
+        multi.logits_from_swa(torch.zeros(2, FEATS.window))

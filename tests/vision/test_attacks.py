@@ -286,8 +286,10 @@ def test_bad_inputs_get_clear_errors(digits):
         PGD(0.1)(model, (x * 255).to(torch.uint8), y)
     with pytest.raises(ValueError, match="norm"):
         PGD(0.1, norm="l3")
-    with pytest.raises(ValueError, match="APGD supports"):
-        APGD(0.1, norm="l1")
+    with pytest.raises(ValueError, match="unknown norm"):
+        APGD(0.1, norm="l3")
+    with pytest.raises(ValueError, match="APGDT"):
+        APGD(0.1, targeted=True, loss="dlr")
     with pytest.raises(ValueError, match="one value per norm"):
         MSD((0.1, 0.2), norms=("linf", "l2", "l1"))
 
