@@ -11,11 +11,12 @@ propagation -> SWA forward+backward at the rounded orders (which is also the suc
 projected step and the rounding, in place on reused buffers.
 
 Both sides attack the same snippets (synthetic, shaped like the thesis' data: W x 2 x L with realistic executions,
-see bench_propagation.py) with the same small-preset MLP; one untimed warm-up iteration, then ``--repeat`` timed
-iterations per side, alternated (old, new, old, new ...) in one process; a fresh state per side and round so that
-only one side's buffers are alive at a time.
+see bench_propagation.py) with the same small-preset MLP. Timed: the first iteration of a chunk (every snippet
+active; the setup of the chunk, i.e. tensors and operator, is not timed), ``--repeat`` times per side, alternated
+(old, new, old, new ...) in one process, a fresh state per side and round so that only one side's buffers are
+alive at a time. Kernels are compiled (or loaded from Numba's cache) before timing.
 
-Memory: each side runs in a fresh subprocess on one chunk of ``--chunk`` snippets (setup + 2 iterations); the
+Memory: each side runs in a fresh subprocess on one chunk of ``--chunk`` snippets (setup + first iteration); the
 peak resident memory above the process's size before the chunk (batch and model already built), per snippet.
 
     python benchmarks/bench_attack.py                         # 1,024 x 6,000 x 2 x 10 (needs ~20 GB for OLD)
@@ -29,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -306,12 +306,23 @@ def make_case(B: int, W: int, L: int, seed: int = 0) -> tuple[Model, SnippetBatc
     return model, batch
 
 
-def rss_mb() -> float:
+def status_mb(field: str) -> float:
+    """VmRSS / VmHWM (peak RSS) of this process from /proc/self/status, MB."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def memory_probe(side: str, args: argparse.Namespace) -> None:
@@ -323,20 +334,18 @@ def memory_probe(side: str, args: argparse.Namespace) -> None:
     import gc
 
     gc.collect()
-    base = rss_mb()
-    peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if not reset_peak():
+        raise SystemExit("cannot reset the peak RSS (/proc/self/clear_refs); memory probe unavailable")
+    base = status_mb("VmRSS")
     if side == "old":
         st = OldState(model, batch)
-        rng = np.random.default_rng(0)
-        old_iteration(st, 1, rng)
-        old_iteration(st, 2, rng)
+        old_iteration(st, 1, np.random.default_rng(0))
     else:
         ns = NewState(model, batch)
         new_iteration(ns, 0)
-        new_iteration(ns, 1)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"side": side, "chunk": args.chunk, "base_mb": base, "peak_mb": peak, "peak_before_mb": peak0,
-                      "per_snippet_mb": (peak - max(base, 0)) / args.chunk}))
+    peak = status_mb("VmHWM")
+    print(json.dumps({"side": side, "chunk": args.chunk, "base_mb": round(base, 1), "peak_mb": round(peak, 1),
+                      "per_snippet_mb": (peak - base) / args.chunk}))
 
 
 def main() -> None:
@@ -349,8 +358,10 @@ def main() -> None:
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--skip-time", action="store_true")
     p.add_argument("--quick", action="store_true", help="64 x 1000 x 2 x 10, chunk 16 (smoke run)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (Numba: NUMBA_NUM_THREADS)")
     p.add_argument("--memory-probe", choices=["old", "new"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     if args.quick:
         args.snippets, args.window, args.chunk = 64, 1000, 16
     if args.memory_probe:
@@ -368,17 +379,14 @@ def main() -> None:
         new_iteration(NewState(model, warm), 0)
         t_old, t_new = [], []
         for rep in range(args.repeat):
-            st = OldState(model, batch)
-            rng = np.random.default_rng(rep)
-            old_iteration(st, 1, rng)  # warm-up: sets alpha0, orders become non-zero
+            st = OldState(model, batch)  # setup (operator, tensors) is not timed
             t = time.perf_counter()
-            old_iteration(st, 2, rng)
+            old_iteration(st, 1, np.random.default_rng(rep))  # the first iteration: every snippet is active
             t_old.append(time.perf_counter() - t)
             del st
             ns = NewState(model, batch)
-            new_iteration(ns, 0)
             t = time.perf_counter()
-            new_iteration(ns, 1)
+            new_iteration(ns, 0)
             t_new.append(time.perf_counter() - t)
             del ns
             print(f"round {rep}: old {t_old[-1]:.2f} s, new {t_new[-1]:.2f} s (load {os.getloadavg()[0]:.1f})",
@@ -390,7 +398,7 @@ def main() -> None:
         res = {}
         for side in ("old", "new"):
             cmd = [sys.executable, __file__, "--memory-probe", side, "--chunk", str(args.chunk), "--window",
-                   str(args.window), "--levels", str(args.levels)]
+                   str(args.window), "--levels", str(args.levels), "--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             res[side] = json.loads(out)
             print(f"memory probe {side}: {res[side]}", flush=True)

@@ -3,8 +3,9 @@ plain pandas read_csv + Python dict reconstruction, and the PyPI package lobster
 
     python benchmarks/bench_ingest.py [--data FOLDER_OR_ZIP] [--prefix N] [--repeat 3]
 
-Prints a markdown table (medians over --repeat runs; min in brackets). Numba kernels are compiled (and cached
-on disk) before timing; the first-call cost in a fresh process is printed separately.
+Prints a markdown table: every comparison runs both sides --repeat times, alternated, in this process, and reports
+the median (min in brackets) of each side. Numba kernels are compiled (and cached on disk) before timing; the
+first-call cost in a fresh process is printed separately.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +32,18 @@ from lobsim.book import rebuild, resample  # noqa: E402
 DEFAULT = REPO.parent / "shared" / "data" / "lobster-goog-l10-2012-06-21"
 
 
-def timed(fn, repeat: int) -> tuple[float, float, object]:
-    ts, out = [], None
+def alternate(fns: dict[str, object], repeat: int) -> dict[str, tuple[float, float, object]]:
+    """Run every function ``repeat`` times, alternated (a, b, a, b, ...), in this process; per function the
+    (median, min, last result) of its wall times. Both sides of a comparison are timed the same way."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    last: dict[str, object] = {}
     for _ in range(repeat):
-        out = None  # free the previous result outside the timed region
-        t = time.perf_counter()
-        out = fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts), min(ts), out
+        for k, fn in fns.items():
+            last[k] = None  # free the previous result outside the timed region
+            t = time.perf_counter()
+            last[k] = fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: (statistics.median(v), min(v), last[k]) for k, v in times.items()}
 
 
 def python_reference(msg: pd.DataFrame, ob: pd.DataFrame, L: int, n: int) -> int:
@@ -92,34 +96,33 @@ def main() -> None:
     print(f"first call (imports + Numba cache load): {time.perf_counter() - t:.2f} s")
 
     R = args.repeat
-    load_med, load_min, day = timed(lambda: load_day(args.data, use_cache=False), R)
-    n = day.n_rows
-    reb_med, reb_min, rep = timed(lambda: rebuild(day), max(R, 5))
-    res_med, res_min, g = timed(lambda: resample(day, dt=0.01), R)
-    del g
-    with tempfile.TemporaryDirectory() as cache:
-        load_day(args.data, cache_dir=cache)
-        cache_med, cache_min, _ = timed(lambda: load_day(args.data, cache_dir=cache), R)
-
-    # reference: pandas read_csv + Python dict rebuild (+ pandas ffill resample)
     pair = find_days(args.data)[0] if Path(args.data).is_dir() else None
     mpath = pair.message if pair else args.data
     opath = pair.orderbook if pair else None
-    pd_med, pd_min, (msg, ob) = timed(lambda: (pd.read_csv(mpath, header=None), pd.read_csv(opath, header=None)), R)
+    res = alternate({"advsim": lambda: load_day(args.data, use_cache=False),
+                     "pandas": lambda: (pd.read_csv(mpath, header=None), pd.read_csv(opath, header=None))}, R)
+    load_med, load_min, day = res["advsim"]
+    pd_med, pd_min, (msg, ob) = res["pandas"]
+    n = day.n_rows
     nref = n if args.prefix <= 0 else min(args.prefix, n)
-    t = time.perf_counter()
-    bad = python_reference(msg, ob, day.levels, nref)
-    py_s = time.perf_counter() - t
+    res = alternate({"advsim": lambda: rebuild(day), "python": lambda: python_reference(msg, ob, day.levels, nref)},
+                    R)
+    reb_med, reb_min, rep = res["advsim"]
+    py_med, py_min, bad = res["python"]
+
+    grid_times = resample(day, dt=0.01).times  # both sides resample onto the same grid
 
     def pandas_resample():
-        times = day.time
-        df = pd.DataFrame(ob.to_numpy(), index=times)
-        df = df[~df.index.duplicated(keep="last")]
-        start = np.ceil(times[0] / 0.01) * 0.01
-        grid = start + np.arange(int((times[-1] - start) / 0.01 + 1e-9) + 1) * 0.01
-        return df.reindex(grid, method="ffill")
+        df = pd.DataFrame(ob.to_numpy(), index=day.time)
+        return df[~df.index.duplicated(keep="last")].reindex(grid_times, method="ffill")
 
-    pres_med, pres_min, _ = timed(pandas_resample, 1)
+    res = alternate({"advsim": lambda: resample(day, dt=0.01), "pandas": pandas_resample}, R)
+    res_med, res_min, _ = res["advsim"]
+    pres_med, pres_min, _ = res["pandas"]
+    del res
+    with tempfile.TemporaryDirectory() as cache:
+        load_day(args.data, cache_dir=cache)
+        cache_med, cache_min, _ = alternate({"cache": lambda: load_day(args.data, cache_dir=cache)}, R)["cache"]
 
     lr = "not installed"
     try:
@@ -138,22 +141,24 @@ def main() -> None:
         pass
 
     total = load_med + reb_med + res_med
+    ref_total = pd_med + py_med + pres_med
     print()
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs; day: "
-          f"{day.ticker} {day.date} L{day.levels}, {n:,} messages, grid {int((day.time[-1] - day.time[0]) / 0.01):,}"
-          " steps of 0.01 s")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, load "
+          f"{os.getloadavg()[0]:.1f}; day: {day.ticker} {day.date} L{day.levels}, {n:,} messages, grid "
+          f"{len(grid_times):,} steps of 0.01 s; every row: median of {R} runs per side, alternated, [min]")
     print()
-    print("| step | advsim | reference |")
-    print("| --- | --- | --- |")
+    print("| step | advsim | reference | ratio |")
+    print("| --- | --- | --- | --- |")
     print(f"| read + validate both CSVs (no cache) | {load_med:.3f} s [{load_min:.3f}] | pandas read_csv (no checks) "
-          f"{pd_med:.3f} s [{pd_min:.3f}] |")
+          f"{pd_med:.3f} s [{pd_min:.3f}] | {pd_med / load_med:.1f}x |")
     print(f"| rebuild + check every row | {reb_med * 1e3:.1f} ms [{reb_min * 1e3:.1f}] = "
-          f"{n / reb_med / 1e6:.1f} M msg/s | Python dicts: {py_s:.2f} s for {nref:,} msgs = "
-          f"{nref / py_s / 1e3:.0f} k msg/s ({bad} bad rows) |")
-    print(f"| resample to 0.01 s | {res_med:.3f} s [{res_min:.3f}] | pandas reindex ffill {pres_med:.3f} s |")
-    print(f"| total ingest + check + resample | {total:.3f} s | |")
-    print(f"| second load from parquet cache | {cache_med:.3f} s [{cache_min:.3f}] | |")
-    print(f"| lobster-reconstructor 0.1.3 | | {lr} |")
+          f"{n / reb_med / 1e6:.1f} M msg/s | Python dicts: {py_med:.2f} s [{py_min:.2f}] for {nref:,} msgs = "
+          f"{nref / py_med / 1e3:.0f} k msg/s ({bad} bad rows) | {py_med / reb_med * n / nref:,.0f}x |")
+    print(f"| resample to 0.01 s | {res_med:.3f} s [{res_min:.3f}] | pandas reindex ffill {pres_med:.3f} s "
+          f"[{pres_min:.3f}] | {pres_med / res_med:.1f}x |")
+    print(f"| total ingest + check + resample | {total:.3f} s | {ref_total:.2f} s | {ref_total / total:.1f}x |")
+    print(f"| second load from parquet cache | {cache_med:.3f} s [{cache_min:.3f}] | | |")
+    print(f"| lobster-reconstructor 0.1.3 | | {lr} | |")
     print()
     print(f"rebuild report: {rep.describe()}")
 

@@ -38,8 +38,7 @@ def oracle(market, cfg, tau: float, n_test: int, seed: int) -> dict:
         for d in np.unique(day):
             sel = day == d
             bk = market.books[int(d)]
-            hours = (bk.times[-1] - 34200.0) / 3600.0
-            out[sel] = regime_path(cfg, bk.date, round(hours * 3600) / 3600, market.source_seed,
+            out[sel] = regime_path(cfg, bk.date, market.source_hours, market.source_seed,
                                    bk.times[start[sel] + market.window - 1])
         return out
 
@@ -88,7 +87,7 @@ def main() -> None:
                                             seed=args.seed)]
     features = FeatureConfig(dt=args.dt, window_s=60.0, horizon_s=10.0)
     market = Market.from_paths(paths, dt=args.dt, start=args.start, end=args.end, features=features)
-    market.source_seed = args.seed
+    market.source_seed, market.source_hours = args.seed, args.hours
     data_cfg = {"paths": [str(Path(p).resolve()) for p in paths], "dt": args.dt, "start": args.start,
                 "end": args.end, "split": "auto", "train_fraction": 0.8, "synthetic": args.synthetic}
     tau = market.fit_tau()
@@ -110,7 +109,7 @@ def main() -> None:
             results["rows"].append({"model": "logreg", "inputs": inputs, "eval": ev.to_dict(), "info": lr.info,
                                     "seconds": time.perf_counter() - t})
             print(f"logreg [{inputs}] {100 * ev.accuracy:.2f} +- {100 * ev.stderr:.2f}", flush=True)
-        for kind in args.models.split(","):
+        for kind in [k for k in args.models.split(",") if k]:
             run = out / f"{kind}-{name}"
             t = time.perf_counter()
             if (run / "model.json").is_file():

@@ -9,7 +9,7 @@ Writes synthetic thick days and trains a Linear and an MLP model (small preset) 
 warm-up sweep on the same Ray session (workers imported advsim and loaded the cached Numba kernels), so
 cells/minute is the steady rate; the start-up (``ray.init`` + first cell per worker) is reported separately.
 Then, in fresh processes: the memory one capital cell adds (resident set after imports vs peak after the cell)
-and the time of its parts (load from the parquet cache, resample, SWA, snippets, attack). Prints markdown
+and the CPU time of its parts (load from the parquet cache, resample, SWA, snippets). Prints markdown
 tables and writes OUT/bench.json.
 """
 
@@ -111,7 +111,11 @@ def _sweep(out: Path, args: argparse.Namespace, runner: str, workers: int, tag: 
         if ray is not None:
             ray.shutdown()
     assert s.failed == 0, f"{s.failed} cells failed in {sweep_dir}"
+    import pandas as pd
+
+    t = pd.read_csv(sweep_dir / "timings.csv")
     return {"runner": runner, "workers": workers, "cells": s.cells, "seconds": wall, "startup_s": startup,
+            "cell_wall_s_mean": float(t.seconds.mean()), "cell_cpu_s_mean": float(t.cpu_seconds.mean()),
             "cells_per_min": 60.0 * s.cells / wall, "csv": (sweep_dir / "results.csv").read_bytes().hex()[:64]}
 
 
@@ -131,15 +135,15 @@ parts = {{}}
 from data_loaders.lobster import load_day
 from lobsim.book import resample
 from lobsim.dataset import session_window, Market
-t = time.perf_counter(); day = load_day(cell["day"]["path"]); parts["load_cached_day_s"] = time.perf_counter() - t
+t = time.process_time(); day = load_day(cell["day"]["path"]); parts["load_cached_day_s"] = time.process_time() - t
 model = C._model(cell["run_dir"], "cpu")
 d = model.config.data
-t = time.perf_counter(); s, e = session_window(day.time, d.get("start"), d.get("end"))
-book = resample(day, dt=model.config.features.dt, start=s, end=e); parts["resample_s"] = time.perf_counter() - t
-t = time.perf_counter(); m = Market([book], model.config.features, split="time")
-parts["market_swa_s"] = time.perf_counter() - t
-t = time.perf_counter(); batch = m.batch(*m.test_refs(cell["attack"]["n"], seed=1), model.tau)
-parts["snippets_s"] = time.perf_counter() - t
+t = time.process_time(); s, e = session_window(day.time, d.get("start"), d.get("end"))
+book = resample(day, dt=model.config.features.dt, start=s, end=e); parts["resample_s"] = time.process_time() - t
+t = time.process_time(); m = Market([book], model.config.features, split="time")
+parts["market_swa_s"] = time.process_time() - t
+t = time.process_time(); batch = m.batch(*m.test_refs(cell["attack"]["n"], seed=1), model.tau)
+parts["snippets_s"] = time.process_time() - t
 del day, book, m, batch
 C._market.cache_clear()
 C._cached_model.cache_clear()
@@ -156,7 +160,8 @@ res = C.execute(cell)
 stop.set(); th.join()
 assert res["ok"], res.get("error")
 print(json.dumps({{"rss_before_mb": base, "peak_rss_mb": max(peak[0], _rss_mb()),
-                  "cell_seconds": res["resources"]["seconds"], "info": res["info"], "parts": parts}}))
+                  "cell_seconds": res["resources"]["seconds"], "cell_cpu_seconds": res["resources"]["cpu_seconds"],
+                  "info": res["info"], "parts": parts}}))
 """
 
 
@@ -206,7 +211,7 @@ def main() -> None:
             runs.append(r)
             print(f"repeat {rep}: {runner} x{w}: {r['cells']} cells in {r['seconds']:.1f} s = "
                   f"{r['cells_per_min']:.1f} cells/min (start-up {r['startup_s']:.1f} s)", flush=True)
-    same = len({r["csv"] for r in runs}) == 1
+    same = len({r["csv"] for r in runs}) == 1 if runs else None
     cells = {kind: _one_cell(out, args, kind) for kind in ("capital", "random")}
     load = os.getloadavg()
     result = {"args": vars(args), "runs": runs, "same_table": same, "cells": cells, "loadavg": load,
@@ -215,25 +220,29 @@ def main() -> None:
     print(f"\nmachine: {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
     print(f"grid dt={args.dt} s, window {args.window:g} s, {args.days} days x {args.hours:g} h, n={args.n}, "
           f"max_iter={args.max_iter}; identical results table in every run: {same}\n")
-    print("| runner | workers | cells | median s | cells/min (median) | start-up s (median) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    if runs:
+        print("| runner | workers | cells | median s | cells/min (median) | start-up s (median) | wall s per cell "
+              "| CPU s per cell |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     import statistics
 
     for runner, w in plan if runs else []:
         rs = [r for r in runs if (r["runner"], r["workers"]) == (runner, w)]
         med = statistics.median(r["seconds"] for r in rs)
         print(f"| {runner} | {w} | {rs[0]['cells']} | {med:.1f} | {60 * rs[0]['cells'] / med:.1f} | "
-              f"{statistics.median(r['startup_s'] for r in rs):.1f} |")
-    print("\n| cell | seconds | worker RSS before MiB | peak during the cell MiB | added MiB | source MB | grid MB "
-          "| snippets MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+              f"{statistics.median(r['startup_s'] for r in rs):.1f} | "
+              f"{statistics.median(r['cell_wall_s_mean'] for r in rs):.2f} | "
+              f"{statistics.median(r['cell_cpu_s_mean'] for r in rs):.2f} |")
+    print("\n| cell | wall s | CPU s | worker RSS before MiB | peak during the cell MiB | added MiB | source MB "
+          "| grid MB | snippets MB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for kind, c in cells.items():
-        i = c["info"]
-        print(f"| {kind} (mlp) | {c['cell_seconds']:.2f} | {c['rss_before_mb']:.0f} | {c['peak_rss_mb']:.0f} | "
-              f"{c['peak_rss_mb'] - c['rss_before_mb']:.0f} | "
-              f"{i['source_bytes'] / 1e6:.1f} | {i['grid_bytes'] / 1e6:.1f} | {i['batch_bytes'] / 1e6:.2f} |")
+        i, before, peak = c["info"], c["rss_before_mb"], c["peak_rss_mb"]
+        print(f"| {kind} (mlp) | {c['cell_seconds']:.2f} | {c['cell_cpu_seconds']:.2f} | {before:.0f} | {peak:.0f} | "
+              f"{peak - before:.0f} | {i['source_bytes'] / 1e6:.1f} | {i['grid_bytes'] / 1e6:.1f} | "
+              f"{i['batch_bytes'] / 1e6:.2f} |")
     p = cells["capital"]["parts"]
-    print("\nparts of a cell (s): " + ", ".join(f"{k} {v:.3f}" for k, v in p.items()))
+    print("\nparts of a capital cell (CPU s): " + ", ".join(f"{k} {v:.3f}" for k, v in p.items()))
 
 
 if __name__ == "__main__":

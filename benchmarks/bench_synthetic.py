@@ -1,8 +1,8 @@
 """Benchmark the synthetic market: book events simulated per second (one core), CSV formatting, write_days.
 
 Run: ``python benchmarks/bench_synthetic.py [--hours 6.5] [--repeats 3]``. Prints a markdown table.
-``--facts``: instead, the stylized-facts table of docs/synthetic-market.md (both presets, 5 one-hour days,
-next to the real GOOG level-10 sample when ../shared/data holds it).
+``--facts``: instead, the stylized-facts table of docs/synthetic-market.md (the four presets, 5 one-hour days
+each, next to the real GOOG level-10 sample when ../shared/data holds it).
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ def _facts(day) -> dict:
     grid = np.arange(np.ceil(day.time[0]) + 60, day.time[-1], 10.0)
     idx = np.searchsorted(day.time, grid, side="right") - 1
     r = np.diff(np.log(swa_dollars(day.book_prices[idx], day.book_sizes[idx])))
+    g1 = np.arange(np.ceil(day.time[0]) + 60, day.time[-1], 1.0)
+    i1 = np.searchsorted(day.time, g1, side="right") - 1
+    r1 = np.diff(np.log(swa_dollars(day.book_prices[i1], day.book_sizes[i1])))
+    both = (day.book_prices[:, 0, 0] > 0) & (day.book_prices[:, 1, 0] < 9_000_000_000)
+    mid = (day.book_prices[both, 0, 0] + day.book_prices[both, 1, 0]) / 2
     return dict(
         price=(st["price_min"] + st["price_max"]) / 2,
         spread=q,
@@ -60,6 +65,8 @@ def _facts(day) -> dict:
         vol1=st["swa_vol_1s"],
         vol10=float(r.std() * 1e4),
         ac10=float(np.corrcoef(r[:-1], r[1:])[0, 1]),
+        kurt1=float(((r1 - r1.mean()) ** 4).mean() / r1.var() ** 2),
+        range=float((mid.max() - mid.min()) / mid.min() * 100),
     )
 
 
@@ -68,7 +75,7 @@ def facts() -> None:
 
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as d:
-        for preset in ("thick", "thin"):
+        for preset in ("thick", "thick-zi", "thin", "thin-zi"):
             paths = syn.write_days(Path(d) / preset, preset=preset, days=5, hours=1.0, seed=0)
             rows[f"{preset} (5 x 1 h, seed 0)"] = [_facts(load_day(p, use_cache=False)) for p in paths]
     if GOOG.is_dir():
@@ -98,6 +105,8 @@ def facts() -> None:
     line("SWA 1 s change, s.d. ($)", mean("vol1", ".4f"))
     line("SWA 10 s log-return, s.d. (bp)", mean("vol10", ".2f"))
     line("lag-1 autocorrelation of 10 s SWA returns", mean("ac10", "+.3f"))
+    line("kurtosis of 1 s SWA log-returns (3 = normal)", mean("kurt1", ".1f"))
+    line("mid-price range over the session (%)", mean("range", ".2f"))
 
 
 def main() -> None:

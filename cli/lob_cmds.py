@@ -123,7 +123,7 @@ def _synthetic_days(out: Path, market: str, spec: dict, fresh: bool) -> tuple[st
 @click.option("--dt", type=float, default=0.01, show_default=True, help="Grid step in seconds.")
 @click.option("--start", type=float, default=None,
               help="Session start, seconds after midnight [default: 34200 (09:30) if the day covers 09:30-10:30, "
-                   "else the first message].")
+                   "else the first point of the session grid 34200 + k*dt at or after the first message].")
 @click.option("--end", type=float, default=None, help="Session end [default: 37800 (10:30), else the last message].")
 @click.option("--relative", is_flag=True, help="Label on the relative SWA change instead of dollars.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:1 ...")
@@ -182,14 +182,29 @@ def lob_train(data_paths, synthetic, days, hours, kind, inputs, val_fraction, we
 def lob_evaluate(run: str, n: int, seed: int, device: str, data_paths: tuple[str, ...]) -> None:
     """Evaluate a trained run on its market's test snippets; writes RUN/metrics.json.
 
-    Data paths inside the run are stored relative to it, so a run moved together with its data still evaluates.
+    An earlier evaluation of another setting (n, seed) is kept as RUN/metrics-n<N>-seed<S>.json. Data paths
+    inside the run are stored relative to it, so a run moved together with its data still evaluates.
     """
+    import json
+
+    from data_loaders.rundir import atomic_write_bytes
     from lobsim.runs import market_of
     from lobsim.train import evaluate, load_run
 
     trained = load_run(run, device=device)
     market = market_of(trained, progress=True, paths=list(data_paths) or None)
-    click.echo(evaluate(trained, market, n=n, seed=seed).summary())
+    path = Path(run) / "metrics.json"
+    before = path.read_bytes() if path.is_file() else None
+    result = evaluate(trained, market, n=n, seed=seed)
+    if before is not None:
+        try:
+            old = json.loads(before)
+            old_n, old_seed = old["eval"]["n"], old.get("eval_seed")
+        except (ValueError, KeyError, TypeError):
+            old_n = old_seed = None
+        if old_n is not None and (old_n, old_seed) != (result.n, seed):
+            atomic_write_bytes(path.with_name(f"metrics-n{old_n}-seed{old_seed}.json"), before)
+    click.echo(result.summary())
 
 
 @lob.command("table")
@@ -235,10 +250,24 @@ def _budget_list(text: str | None) -> list[float] | None:
 @click.option("--budgets", default=None,
               help="capital: comma-separated budgets for the accuracy-vs-capital curve, e.g. "
                    "1e3,1e4,1e5,1e6,2e6 (one run at the largest gives the whole curve).")
-@click.option("--max-iter", type=click.IntRange(min=1), default=300, show_default=True,
-              help="capital: iterations before a snippet is given up.")
+@click.option("--attack", "attack", type=click.Choice(["ensemble", "gradient", "search"]), default="ensemble",
+              show_default=True,
+              help="capital: ensemble = greedy, then gradient with restarts, then gradient-free search, cheapest "
+                   "verified success per snippet (flags gradient masking); gradient or search = one member alone.")
+@click.option("--step-rule", type=click.Choice(["budget", "thesis"]), default="budget", show_default=True,
+              help="capital: budget = scale-free steps in dollars with an adaptive per-snippet budget; thesis = the "
+                   "thesis' raw-gradient rule (with --attack gradient --no-minimize: Table 3.2 as written).")
+@click.option("--restarts", type=click.IntRange(min=1), default=2, show_default=True,
+              help="capital: starts of the gradient member (the first from zero orders).")
+@click.option("--search-iter", type=click.IntRange(min=1), default=400, show_default=True,
+              help="capital: proposals of the gradient-free member.")
+@click.option("--minimize/--no-minimize", default=True, show_default=True,
+              help="capital: after a success, remove the least useful shares while the model stays fooled "
+                   "(records hold the minimal capital and the capital at the first success).")
+@click.option("--max-iter", type=click.IntRange(min=1), default=100, show_default=True,
+              help="capital: gradient iterations per start (thesis rule: before a snippet is given up).")
 @click.option("--step-shares", type=float, default=0.1, show_default=True,
-              help="capital: expected first step, in shares on the largest-gradient entry (sets alpha0).")
+              help="capital, thesis rule only: expected first step, in shares on the largest-gradient entry.")
 @click.option("--target", default="down", show_default=True, help="universal: target class down|flat|up.")
 @click.option("--gamma", type=float, default=0.05, show_default=True,
               help="universal: weight of the relative-size penalty, in cross-entropy per percent of book size "
@@ -253,8 +282,8 @@ def _budget_list(text: str | None) -> list[float] | None:
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda ...")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in OUT.")
 @threads_option
-def lob_attack(kind, model_run, victims, n, budget, budgets, max_iter, step_shares, target, gamma, steps, lr,
-               train_n, out_dir, seed, device, overwrite) -> None:
+def lob_attack(kind, model_run, victims, n, budget, budgets, attack, step_rule, restarts, search_iter, minimize,
+               max_iter, step_shares, target, gamma, steps, lr, train_n, out_dir, seed, device, overwrite) -> None:
     """Attack a trained model: capital (gradient, capital-constrained), random (baseline) or universal.
 
     Writes OUT/config.json, metrics.json (with the Table 3.2 / 3.3 entries `advsim lob report` reads) and, for
@@ -269,7 +298,8 @@ def lob_attack(kind, model_run, victims, n, budget, budgets, max_iter, step_shar
         m = run_attack(kind, model_run, out_dir, victims=victims, n=n, budget=budget, budgets=_budget_list(budgets),
                        seed=seed, device=device, max_iter=max_iter, step_shares=step_shares,
                        target=class_index(target), gamma=gamma, steps=steps, lr=lr, train_n=train_n,
-                       overwrite=overwrite)
+                       overwrite=overwrite, attack=attack, step_rule=step_rule, restarts=restarts,
+                       search_iter=search_iter, minimize=minimize)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from exc
     from lobsim.report.tables import table_32_markdown, table_33_markdown
@@ -281,6 +311,10 @@ def lob_attack(kind, model_run, victims, n, budget, budgets, max_iter, step_shar
         click.echo(table_33_markdown(t["matrix"]))
     for v, res in m.get("transfer", {}).items():
         click.echo(f"transfer to {v}: accuracy {100 * res['accuracy']:.2f}% (clean {100 * res['clean_accuracy']:.2f}%)")
+    mk = m.get("masking")
+    if mk and mk["flag"]:
+        click.echo(f"possible gradient masking: only the gradient-free attack fooled {mk['masking']} of "
+                   f"{mk['attacked']} attacked snippets; do not trust gradient-only capital on this model")
     click.echo(f"wrote {out_dir}")
 
 

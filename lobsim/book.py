@@ -188,6 +188,9 @@ def rebuild(day: LobsterDay) -> RebuildReport:
                          rows_with_revealed=int(revealed_rows))
 
 
+SESSION_OPEN = 34200.0  # 09:30:00 in seconds after midnight: every default grid is 09:30 + k dt
+
+
 def grid_window(day: LobsterDay, dt: float, start: float | None, end: float | None) -> np.ndarray:
     """The grid times ``start + i*dt`` of a window, validated against the day's messages."""
     if not (dt > 0 and math.isfinite(dt)):
@@ -195,11 +198,12 @@ def grid_window(day: LobsterDay, dt: float, start: float | None, end: float | No
     if day.n_rows == 0:
         raise ValueError(f"{day.source}: no messages to resample")
     t0, t1 = float(day.time[0]), float(day.time[-1])
-    if start is None:
-        k = math.ceil(t0 / dt)
-        if k * dt < t0:
-            k += 1
-        start = k * dt
+    k0 = None
+    if start is None:  # the first point of the session grid 09:30 + k dt at or after the first message
+        k0 = math.ceil((t0 - SESSION_OPEN) / dt - 1e-9)
+        if SESSION_OPEN + k0 * dt < t0:
+            k0 += 1
+        start = SESSION_OPEN + k0 * dt
     if start < t0:
         raise ValueError(f"{day.source}: window start {start!r} ({format_clock(start)}) is before the first message "
                          f"at {t0!r} ({format_clock(t0)}): there is no book state there; start at or after it")
@@ -207,13 +211,17 @@ def grid_window(day: LobsterDay, dt: float, start: float | None, end: float | No
     if end < start:
         raise ValueError(f"{day.source}: window end {end!r} is before its start {start!r}")
     T = int(math.floor((end - start) / dt + 1e-9)) + 1
+    if k0 is not None:  # computed from the session open, so every load of the day has bit-identical grid times
+        return SESSION_OPEN + (k0 + np.arange(T, dtype=np.float64)) * dt
     return start + np.arange(T, dtype=np.float64) * dt
 
 
 def resample(day: LobsterDay, dt: float = 0.01, start: float | None = None, end: float | None = None) -> GridBook:
     """The book at grid times ``start + i*dt`` (state after the last message at or before each time) and the
     executions (types 4 and 5) of each step t, those with time in ``(times[t-1], times[t]]`` (step 0: in
-    ``(times[0] - dt, times[0]]``). Default window: first message time rounded up to the grid .. last message.
+    ``(times[0] - dt, times[0]]``). Default window: from the first point of the session grid 09:30 + k dt (k whole
+    steps, possibly negative) at or after the first message, to the last message; so two loads of one day share
+    one grid.
     """
     times = grid_window(day, dt, start, end)
     T = times.shape[0]

@@ -411,15 +411,21 @@ def expand_day_paths(paths: Sequence[str | os.PathLike]) -> list[str]:
     return list(unique.values())
 
 
-def session_window(times: np.ndarray, start: float | None, end: float | None) -> tuple[float, float]:
-    """The resampling window: the given bounds, else the first trading hour if the day covers it, else all."""
+def session_window(times: np.ndarray, start: float | None, end: float | None) -> tuple[float | None, float]:
+    """The resampling window: the given bounds, else the first trading hour if the day covers it, else all.
+
+    A defaulted start is ``34200.0`` (09:30) when the first trading hour is used and the day has messages at or
+    before 09:30; otherwise it is returned as ``None``, and ``lobsim.book.resample`` starts the grid at the first
+    point of 09:30 + k dt (k whole grid steps) at or after the first message. So the default grid of a day is always
+    a round session grid, and two users' grids of one day agree whatever file or slice they loaded.
+    """
     t0, t1 = float(times[0]), float(times[-1])
-    if start is None and end is None:
-        if t0 < FIRST_HOUR[0] + 1.0 and t1 >= FIRST_HOUR[1]:
-            start, end = FIRST_HOUR
-        else:
-            start, end = t0, t1
-    start = t0 if start is None else start
+    if start is None:
+        covers = end is None and t0 < FIRST_HOUR[0] + 1.0 and t1 >= FIRST_HOUR[1]
+        if covers:
+            end = FIRST_HOUR[1]
+        first = FIRST_HOUR[0] if covers and t0 <= FIRST_HOUR[0] else None
+        return first, float(t1 if end is None else end)
     end = t1 if end is None else end
     # The book exists only after the first message: never resample before it.
     return max(float(start), t0), float(end)

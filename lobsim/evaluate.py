@@ -162,19 +162,25 @@ _KIND_TITLES = {"linear": "Linear", "mlp": "MLP", "lstm": "LSTM"}
 
 
 def accuracy_table(runs: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """Table 3.1 layout (rows tickers, columns models, cells ``acc (+-se)`` in %) from run records.
+    """Table 3.1 layout (rows tickers, columns models, cells ``acc ± se`` in %) from run records.
 
-    Each record: ``{"run": path, "ticker": str, "kind": str, "preset": str, "eval": EvalResult dict}``.
-    Returns the markdown and the JSON rows (one per run). Two runs for one cell are an error.
+    Each record: ``{"run": path, "ticker": str, "kind": str, "preset": str, "eval": EvalResult dict}`` and
+    optionally ``"inputs"`` (list of adapter names; a column names them when it is not SWA alone). ``se`` is the
+    block-bootstrap standard error when the evaluation stores one (``se_kind``), else the binomial one, and the
+    footnote says which. A last column gives the best constant answer on the ticker's test snippets. Returns the
+    markdown and the JSON rows (one per run). Two runs for one cell are an error.
     """
     presets = {r["preset"] for r in runs}
 
     def column(r: dict[str, Any]) -> str:
         title = _KIND_TITLES.get(r["kind"], r["kind"])
+        inputs = list(r.get("inputs") or r["eval"].get("inputs") or ["swa"])
+        if inputs != ["swa"]:
+            title += f" [{','.join(inputs)}]"
         return title if len(presets) == 1 else f"{title} ({r['preset']})"
 
     order = {k: i for i, k in enumerate(_KIND_TITLES)}
-    cols = sorted({(order.get(r["kind"], 9), r["preset"], column(r)) for r in runs})
+    cols = sorted({(order.get(r["kind"], 9), r["preset"], len(column(r)), column(r)) for r in runs})
     columns = list(dict.fromkeys(c for *_, c in cols))
     tickers = list(dict.fromkeys(r["ticker"] for r in runs))
     cells: dict[tuple[str, str], dict[str, Any]] = {}
@@ -184,20 +190,44 @@ def accuracy_table(runs: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]
             raise ValueError(f"table: runs {cells[key]['run']} and {r['run']} both fill {key[0]} / {key[1]}; "
                              "give one run per ticker and model")
         cells[key] = r
-    lines = ["| Ticker | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    kinds = {str(r["eval"].get("se_kind", "binomial")) for r in runs}
+    lines = ["| Ticker | " + " | ".join(columns) + " | Best constant |", "|---" * (len(columns) + 2) + "|"]
     for t in tickers:
         row = []
         for c in columns:
             r = cells.get((t, c))
-            row.append("-" if r is None else f"{100 * r['eval']['accuracy']:.2f} (±{100 * r['eval']['stderr']:.2f})")
+            if r is None:
+                row.append("-")
+                continue
+            ev = r["eval"]
+            cell = f"{100 * ev['accuracy']:.2f} ± {100 * ev['stderr']:.2f}"
+            vs = ev.get("vs_best_constant") or {}
+            if vs.get("se"):
+                cell += f" ({100 * vs['diff']:+.1f}, z {vs['diff'] / vs['se']:.1f})"
+            row.append(cell)
+        bcs = [cells[(t, c)]["eval"].get("best_constant") for c in columns if (t, c) in cells]
+        bc = next((b for b in bcs if b), None)
+        row.append("-" if bc is None else f"{100 * bc['accuracy']:.2f} ({CLASS_NAMES[bc['class']]})")
         lines.append(f"| {t} | " + " | ".join(row) + " |")
     n = sorted({r["eval"]["n"] for r in runs})
     lines.append("")
-    lines.append(f"Test accuracy in % (± one standard error) on {', '.join(map(str, n))} test snippets; chance 33.33%.")
+    if kinds == {"block bootstrap"}:
+        blocks = sorted({str(r["eval"].get("block")) for r in runs})
+        err = (f"± one block-bootstrap standard error (blocks of {', '.join(blocks)} grid steps = window + horizon); "
+               "in brackets the paired difference to the best constant answer on the same snippets, in points, and "
+               "z = difference / its block standard error")
+    else:
+        err = "± one binomial standard error, which treats overlapping snippets as independent and understates " \
+              "the uncertainty"
+    lines.append(f"Test accuracy in % {err}; {', '.join(map(str, n))} test snippets; chance 33.33%.")
     records = [
         {"ticker": r["ticker"], "model": column(r), "kind": r["kind"], "preset": r["preset"], "run": str(r["run"]),
-         "accuracy": r["eval"]["accuracy"], "stderr": r["eval"]["stderr"], "n": r["eval"]["n"],
-         "majority_accuracy": r["eval"]["majority_accuracy"]}
+         "inputs": list(r.get("inputs") or r["eval"].get("inputs") or ["swa"]),
+         "accuracy": r["eval"]["accuracy"], "stderr": r["eval"]["stderr"],
+         "se_kind": r["eval"].get("se_kind", "binomial"), "binomial_se": r["eval"].get("binomial_se"),
+         "n": r["eval"]["n"], "majority_accuracy": r["eval"]["majority_accuracy"],
+         "best_constant": r["eval"].get("best_constant"), "vs_best_constant": r["eval"].get("vs_best_constant"),
+         "train_accuracy": r["eval"].get("train_accuracy")}
         for r in runs
     ]
     return "\n".join(lines) + "\n", records
@@ -217,6 +247,6 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
         days = metrics.get("days") or meta["info"]["market"]["days"]
         ticker = "/".join(dict.fromkeys(d["ticker"] for d in days))
         return {"run": str(run_dir), "ticker": ticker, "kind": meta["model"]["kind"],
-                "preset": meta["model"]["preset"], "eval": metrics["eval"]}
+                "preset": meta["model"]["preset"], "eval": metrics["eval"], "inputs": meta.get("inputs", ["swa"])}
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{run_dir}: model.json / metrics.json lack a field the table needs: {exc}") from exc

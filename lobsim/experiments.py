@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from data_loaders.rundir import finish_run, make_run_dir, resolve_device
-from lobsim.attacks.capital import CapitalAttack, evaluate_orders, transfer_accuracy
+from lobsim.attacks.capital import evaluate_orders, transfer_accuracy
+from lobsim.attacks.ensemble import make_capital_attack, masking_report
 from lobsim.attacks.records import capital_curve, summarize, write_jsonl
 from lobsim.attacks.universal import UniversalAttack, evaluate_universal
 from lobsim.features import CLASS_NAMES
@@ -51,9 +52,13 @@ class ExperimentConfig:
     attack_n: int = 128
     budget: float = 100_000.0
     budgets: list[float] = field(default_factory=lambda: list(DEFAULT_BUDGETS))
-    max_iter: int = 200
+    max_iter: int = 100
     step_shares: float = 0.1
     attack_batch: int = 64
+    attack: str = "ensemble"  # capital attack: ensemble | gradient | search (lobsim.attacks.ensemble)
+    step_rule: str = "budget"  # gradient member: budget (scale-free) | thesis (spec-000 2.12 as written)
+    restarts: int = 2
+    search_iter: int = 400
     random_budget: float = 2_000_000.0
     surrogates: list[str] = field(default_factory=lambda: ["linear", "mlp"])
     universal_target: int = 0
@@ -78,10 +83,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     "tiny": {"days": 2, "hours": 0.25, "window_s": 20.0, "horizon_s": 5.0, "models": ["linear", "mlp"],
              "surrogates": ["mlp"], "train_steps": 30, "train_batch": 64, "eval_n": 200, "attack_n": 12,
-             "max_iter": 30, "step_shares": 3.0, "universal_steps": 15, "universal_train_n": 32,
+             "max_iter": 30, "step_shares": 3.0, "restarts": 1, "search_iter": 60, "universal_steps": 15,
+             "universal_train_n": 32,
              "budgets": [1e4, 1e5, 1e6]},
     "paper": {"days": 5, "dt": 0.01, "model_preset": "paper", "train_steps": 5000, "train_batch": 2000,
-              "eval_n": 10_000, "attack_n": 1000, "max_iter": 1000, "attack_batch": 128, "universal_steps": 1000,
+              "eval_n": 10_000, "attack_n": 1000, "max_iter": 300, "attack_batch": 128, "universal_steps": 1000,
               "universal_train_n": 2048, "universal_lr": 0.5},
 }
 
@@ -149,9 +155,11 @@ def capital_results(records: list, budget: float, budgets: list[float], ticker: 
     """Summary at ``budget``, the curve over ``budgets`` and the Table 3.2 row of one capital-attack run."""
     s = summarize(records, budget)
     curve = capital_curve(records, budgets).tolist()
-    row = _row(ticker, name, a_test=s["a_test"], a_adv=s["a_adv"], capital=s["capital_mean"], size=s["size_mean"],
-               cost=s["cost_mean"], n=s["n"])
-    return {"summary": s, "curve": curve, "row": row}
+    won = ", ".join(f"{k} {v}" for k, v in s["winners"].items()) or None
+    row = _row(ticker, name, a_test=s["a_test"], a_adv=s["a_adv"], capital=s["capital_mean"],
+               capital_first=s["first_capital_mean"], size=s["size_mean"], cost=s["cost_mean"], winners=won,
+               masking=s["masking"], n=s["n"])
+    return {"summary": s, "curve": curve, "row": row, "masking": masking_report(records)}
 
 
 def accuracy_errors(records: list, budget: float, budgets: list[float], block: int | str,
@@ -217,8 +225,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     for kind, m in models.items():
         t = time.perf_counter()
         a_rand = a_rands[kind]
-        atk = CapitalAttack(budget=max(cfg.budgets), max_iter=cfg.max_iter, step_shares=cfg.step_shares,
-                            batch_size=cfg.attack_batch, device=device, model_name=kind)
+        atk = make_capital_attack(cfg.attack, budget=max(cfg.budgets), max_iter=cfg.max_iter, restarts=cfg.restarts,
+                                  step_rule=cfg.step_rule, search_iter=cfg.search_iter, step_shares=cfg.step_shares,
+                                  batch_size=cfg.attack_batch, device=device, model_name=kind)
         recs = atk(m, batch, seed=cfg.seed, progress=progress)
         write_jsonl(out / f"records_{kind}.jsonl", recs)
         res = capital_results(recs, cfg.budget, cfg.budgets, ticker, kind)
@@ -265,7 +274,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
              dt=cfg.dt, title=f"universal patterns on the {abl_src} surrogate, target "
                               f"{['down', 'flat', 'up'][cfg.universal_target]}")
     fig_src = "mlp" if "mlp" in records else cfg.models[0]
-    won = [r for r in records[fig_src] if r.success and r.peak_capital <= cfg.budget] or \
+    won = [r for r in records[fig_src] if r.success and r.capital <= cfg.budget] or \
           [r for r in records[fig_src] if r.success]
     if won:
         from lobsim.attacks.records import dense_orders
@@ -327,16 +336,23 @@ def _name(run: str | Path) -> str:
 
 def run_attack(kind: str, model_run: str | Path, out: str | Path, victims: tuple[str, ...] = (), n: int = 200,
                budget: float = 100_000.0, budgets: list[float] | None = None, seed: int = 0, device: str = "auto",
-               max_iter: int = 300, step_shares: float = 0.1, target: int = 0, gamma: float = 0.05,
+               max_iter: int = 100, step_shares: float = 0.1, target: int = 0, gamma: float = 0.05,
                steps: int = 300, lr: float = 0.5, train_n: int = 512, progress: bool = True,
-               overwrite: bool = False) -> dict[str, Any]:
-    """``advsim lob attack capital|random|universal``: attack ``n`` test snippets of the model's own market."""
+               overwrite: bool = False, attack: str = "ensemble", step_rule: str = "budget", restarts: int = 2,
+               search_iter: int = 400, minimize: bool = True) -> dict[str, Any]:
+    """``advsim lob attack capital|random|universal``: attack ``n`` test snippets of the model's own market.
+
+    capital: ``attack`` ensemble (default) | gradient | search, see :func:`lobsim.attacks.ensemble.make_capital_attack`.
+    """
     from lobsim.attacks.random import RandomOrders
 
     if kind not in ("capital", "random", "universal"):
         raise ValueError(f"attack kind must be capital, random or universal, got {kind!r}")
     _check_attack_values(n=n, budget=budget, budgets=budgets, max_iter=max_iter, step_shares=step_shares,
                          target=target, gamma=gamma, steps=steps, lr=lr, train_n=train_n)
+    if kind == "capital":  # refuse bad attack settings before anything is written
+        make_capital_attack(attack, budget=budget, max_iter=max_iter, restarts=restarts, step_rule=step_rule,
+                            search_iter=search_iter, step_shares=step_shares, minimize=minimize)
     device = resolve_device(device)
     cfg = {k: v for k, v in locals().items() if k not in ("RandomOrders", "progress", "overwrite")}
     cfg["model_run"], cfg["out"], cfg["victims"] = str(model_run), str(out), [str(v) for v in victims]
@@ -359,7 +375,9 @@ def run_attack(kind: str, model_run: str | Path, out: str | Path, victims: tuple
     if kind == "random":
         orders = RandomOrders(budget=budget)(batch, np.random.default_rng([seed, 3]))
         rows = []
-        for nm, m in {name: model, **vic}.items():
+        models = {name: model, **vic}
+        for nm in _bar(list(models), progress, f"random orders (${budget:,.0f})", "model"):
+            m = models[nm]
             pred, _ = evaluate_orders(m, batch, orders, device=device)
             clean, _ = evaluate_orders(m, batch, None, device=device)
             from lobsim.stats import block_bootstrap
@@ -372,13 +390,16 @@ def run_attack(kind: str, model_run: str | Path, out: str | Path, victims: tuple
         metrics["report"] = {"table_3_2": rows}
     elif kind == "capital":
         budgets = sorted(set(budgets or [budget]) | {budget})
-        recs = CapitalAttack(budget=max(budgets), max_iter=max_iter, step_shares=step_shares, device=device,
-                             model_name=name)(model, batch, seed=seed, progress=progress)
+        recs = make_capital_attack(attack, budget=max(budgets), max_iter=max_iter, restarts=restarts,
+                                   step_rule=step_rule, search_iter=search_iter, step_shares=step_shares,
+                                   minimize=minimize, device=device, model_name=name)(model, batch, seed=seed,
+                                                                                      progress=progress)
         write_jsonl(out / "records.jsonl", recs)
         res = capital_results(recs, budget, budgets, ticker, name)
         errors = accuracy_errors(recs, budget, budgets, market.window + market.horizon, seed=seed)
         res["row"].update(a_test_se=errors["a_test_se"], a_adv_se=errors["a_adv_se"])
-        metrics.update(summary=res["summary"], curve=res["curve"], budgets=budgets, errors=errors)
+        metrics.update(summary=res["summary"], curve=res["curve"], budgets=budgets, errors=errors,
+                       masking=res["masking"])
         metrics["transfer"] = {v: transfer_accuracy(recs, batch, m, device=device) for v, m in vic.items()}
         metrics["report"] = {"table_3_2": [res["row"]],
                              "transfer": [{"title": f"orders crafted on {name}, replayed on the victims ({ticker}, "

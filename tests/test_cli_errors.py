@@ -387,28 +387,41 @@ def test_a_moved_run_still_evaluates(world, tmp_path):
 
 
 def test_failed_attack_leaves_a_marked_run_that_the_next_call_redoes(world, tmp_path, monkeypatch):
-    from lobsim.attacks.capital import CapitalAttack
+    import lobsim.experiments as experiments
 
     out = tmp_path / "attack"
     args = ["lob", "attack", "capital", "--model", world["mlp"], "--victims", world["lin"], "--n", "4",
             "--max-iter", "3", "--step-shares", "3", "--out", out, "--threads", "1", "--device", "cpu"]
-    real = CapitalAttack.__call__
+    real = experiments.capital_results
 
-    def interrupted(self, *a, **k):
+    def interrupted(*a, **k):  # Ctrl-C after the attack ran and wrote its records, before the metrics
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(CapitalAttack, "__call__", interrupted)
+    monkeypatch.setattr(experiments, "capital_results", interrupted)
     res = run_cli(args)
     assert res.exit_code == 130 and "interrupted" in res.stderr
     assert (out / "INCOMPLETE").is_file() and not (out / "metrics.json").exists()
     rep = run_cli(["lob", "report", out, "--out", tmp_path / "rep"])
     assert rep.exit_code != 0 and "INCOMPLETE" in rep.stderr
-    monkeypatch.setattr(CapitalAttack, "__call__", real)
+    monkeypatch.setattr(experiments, "capital_results", real)
     res = run_cli(args)  # no --overwrite needed: the marked run is redone
     assert res.exit_code == 0, res.output
     assert not (out / "INCOMPLETE").exists() and (out / "metrics.json").is_file()
     res = run_cli(args)  # a finished run is kept
     assert res.exit_code != 0 and "--overwrite" in res.stderr
+
+
+def test_lob_evaluation_of_another_setting_keeps_the_first(world, tmp_path):
+    run = copy_run(world["mlp"], tmp_path / "run")
+    first = json.loads((run / "metrics.json").read_text())
+    assert first["eval"]["n"] == 40 and first["eval_seed"] == 0  # written by `lob train --eval-n 40`
+    res = run_cli(["lob", "evaluate", run, "--n", "20", "--threads", "1", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "metrics-n40-seed0.json").read_text()) == first
+    assert json.loads((run / "metrics.json").read_text())["eval"]["n"] == 20
+    res = run_cli(["lob", "evaluate", run, "--n", "20", "--threads", "1", "--device", "cpu"])  # same setting
+    assert res.exit_code == 0 and sorted(p.name for p in run.glob("metrics*.json")) == [
+        "metrics-n40-seed0.json", "metrics.json"]
 
 
 def test_vision_evaluation_of_another_setting_keeps_the_first(world, tmp_path):

@@ -78,8 +78,9 @@ def book_tensors_centred(
         dollars = np.where(mask[b], batch.prices[b], 0) / PRICE_SCALE
         centre[b] = dollars.sum() / n[b]
         P[b] = np.where(mask[b], dollars - centre[b], 0.0)
-    S = torch.as_tensor(np.where(mask, batch.sizes, 0), dtype=dtype, device=device)
-    return (torch.as_tensor(P, dtype=dtype, device=device), S, torch.as_tensor(mask, device=device),
+    S = torch.from_numpy(batch.sizes.astype(P.dtype))  # no int64 temporary
+    S[torch.from_numpy(~mask)] = 0
+    return (torch.as_tensor(P, dtype=dtype, device=device), S.to(device), torch.as_tensor(mask, device=device),
             torch.as_tensor(centre, dtype=torch.float64, device=device))
 
 

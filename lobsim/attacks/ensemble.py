@@ -64,6 +64,13 @@ class EnsembleAttack:
                              f"{list(self.members)}")
         if self.scope not in ("all", "survivors"):
             raise ValueError(f"EnsembleAttack: scope must be 'all' or 'survivors', got {self.scope!r}")
+        if self.max_iter < 1 or self.restarts < 1 or self.search_iter < 1:
+            raise ValueError(f"EnsembleAttack: max_iter, restarts and search_iter must be >= 1, got {self.max_iter}, "
+                             f"{self.restarts}, {self.search_iter}")
+        from lobsim.attacks.capital import STEP_RULES
+
+        if self.step_rule not in STEP_RULES:
+            raise ValueError(f"EnsembleAttack: step_rule must be one of {STEP_RULES}, got {self.step_rule!r}")
 
     def build_members(self) -> list[Any]:
         from lobsim.attacks.capital import CapitalAttack
@@ -105,3 +112,29 @@ def masking_report(records: Sequence[AttackRecord]) -> dict[str, Any]:
             cheaper += 1
     return {"attacked": len(attacked), "masking": len(flagged), "masking_rate": len(flagged) / max(len(attacked), 1),
             "flag": bool(flagged), "search_cheaper_by_10pct": cheaper, "snippets": flagged[:50]}
+
+
+ATTACKS = ("ensemble", "gradient", "search")
+
+
+def make_capital_attack(attack: str = "ensemble", *, budget: float, max_iter: int = 100, restarts: int = 2,
+                        step_rule: str = "budget", search_iter: int = 400, step_shares: float = 0.1,
+                        minimize: bool = True, batch_size: int = 64, device: str = "cpu", model_name: str = "",
+                        objective: Any = "untargeted") -> Any:
+    """The capital attack a run asks for: ``ensemble`` (default), ``gradient`` (the gradient member alone; with
+    ``step_rule="thesis"`` and ``minimize=False`` exactly the thesis' attack) or ``search`` (gradient-free alone)."""
+    from lobsim.attacks.capital import CapitalAttack
+    from lobsim.attacks.search import SearchAttack
+
+    if attack == "ensemble":
+        return EnsembleAttack(budget=budget, max_iter=max_iter, restarts=restarts, step_rule=step_rule,
+                              search_iter=search_iter, step_shares=step_shares, minimize=minimize,
+                              batch_size=batch_size, device=device, model_name=model_name, objective=objective)
+    if attack == "gradient":
+        return CapitalAttack(budget=budget, max_iter=max_iter, restarts=restarts, step_rule=step_rule,
+                             step_shares=step_shares, minimize=minimize, batch_size=batch_size, device=device,
+                             model_name=model_name, objective=objective)
+    if attack == "search":
+        return SearchAttack(budget=budget, max_iter=search_iter, minimize=minimize, batch_size=batch_size,
+                            device=device, model_name=model_name, objective=objective)
+    raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")

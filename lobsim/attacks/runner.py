@@ -65,8 +65,7 @@ def run_members(model: Any, batch: SnippetBatch, members: Sequence[Any], *, budg
         bar = tqdm(total=B, desc=f"{label} {model_name}".rstrip(), unit="snippet")
     for c, lo in enumerate(range(0, B, batch_size)):
         rows = np.arange(lo, min(lo + batch_size, B))
-        ws = Workspace(model, batch, rows, objective, device, "touch" if fill_model == "touch" and not exact_check
-                       else fill_model)  # fmt: skip
+        ws = Workspace(model, batch, rows, objective, device, fill_model, check_exact=exact_check)
         for k, rec in zip(rows, _chunk(ws, members, budget, objective, seed, c, fill_model, device, scope,
                                        model_name)):
             records[k] = rec

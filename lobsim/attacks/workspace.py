@@ -44,7 +44,8 @@ class Workspace:
     """A chunk ``rows`` of ``batch`` ready to attack (see the module docstring)."""
 
     def __init__(self, model: Any, batch: SnippetBatch, rows: np.ndarray, objective: Objective,
-                 device: str = "cpu", fill_model: str = "touch", fused: bool | str = "auto") -> None:
+                 device: str = "cpu", fill_model: str = "touch", fused: bool | str = "auto",
+                 check_exact: bool = False) -> None:
         from lobsim.attacks.steps import StepKernels
         from lobsim.propagation import FusedTouchSwa, TouchPropagator
 
@@ -52,9 +53,12 @@ class Workspace:
         self.device = torch.device(device)
         self.parent, self.rows = batch, np.asarray(rows, np.int64)
         sub = batch.select(self.rows)
+        labels_np = sub.labels.copy()
         self.P, self.S, self.M, self.centre = book_tensors_centred(sub, self.device)
         self.op = TouchPropagator(sub, device=self.device)
-        self._exact_batch = sub if fill_model != "touch" else None
+        self.check_exact = check_exact or fill_model != "touch"
+        self._exact_batch = sub if self.check_exact else None
+        del sub  # the int64 book is not needed while attacking (records re-select it from the parent)
         B = len(self.rows)
         self.shape = tuple(self.P.shape)
         self.N = int(np.prod(self.shape[1:]))
@@ -62,9 +66,10 @@ class Workspace:
         self.fused = FusedTouchSwa(self.op, self.P, self.S) if use_fused and self.op.backend == "numba" else None
         self.kernels = StepKernels(self.op._key if self.op.backend == "numba" else None, self.P.view(B, -1),
                                    self.centre, self.M.view(B, -1))
-        with torch.no_grad(), gradient_mode(model):
-            self.clean = logits_of(model, self.P, self.S, self.M).detach()
-        labels = torch.as_tensor(sub.labels, device=self.clean.device)
+        with torch.no_grad(), gradient_mode(model):  # the general path, a few snippets at a time
+            self.clean = torch.cat([logits_of(model, self.P[i:i + 8], self.S[i:i + 8], self.M[i:i + 8]).detach()
+                                    for i in range(0, B, 8)])
+        labels = torch.as_tensor(labels_np, device=self.clean.device)
         self.y = objective.reference(self.clean, labels)
         self.eligible = objective.eligible(self.clean, labels).cpu().numpy()
 
@@ -108,7 +113,7 @@ class Workspace:
 
     def check(self, aint: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(fooled (B,) bool, margin (B,)) of integer orders held in a float buffer (B, N)."""
-        if self.fill_model == "touch":
+        if not self.check_exact:
             out = self.outputs(aint)
         else:
             from lobsim.propagation import propagate

@@ -109,12 +109,15 @@ CLASSES_TEXT = ("Classes: **down** / **flat** / **up** = the size-weighted avera
 TABLE_32_TEXT = (
     "A_test: accuracy on the attacked test snippets without attack. A_rand: accuracy when random orders of the "
     "same kind (top levels, whole shares) worth the random budget are added. A_adv: accuracy under the "
-    "capital-constrained gradient attack: a snippet still counts as correct unless the attack flipped a correct "
-    "prediction within the budget. Capital ($): value of all orders placed (shares x price, summed over the "
-    "window). Size (%): the attacker's resting shares after propagation as a percentage of the clean book's "
+    "capital-constrained attack (by default the ensemble: greedy, gradient with restarts, gradient-free search): a "
+    "snippet still counts as correct unless the attack flipped a correct prediction within the budget. Capital "
+    "($): value of all orders placed (shares x price, summed over the window) of the cheapest fooling orders found "
+    "for the snippet (minimal capital). First success ($): capital when the winning attack first succeeded, before "
+    "minimisation. Size (%): the attacker's resting shares after propagation as a percentage of the clean book's "
     "visible shares over the window. Cost ($): the attacker's loss, marked to market at the last mid price "
     "(positive = the attacker lost money, negative = made money; unfilled orders are cancelled at no cost, no "
-    "fees). Capital, size and cost are means over the successful attacks.")
+    "fees). Capital, first success, size and cost are means over the successful attacks. Won by: successes per "
+    "attack member. Masking: snippets only the gradient-free member fooled (a sign of gradient masking).")
 TABLE_33_TEXT = (
     "Fooled: fooled / eligible snippets. Eligible = test snippets the victim classifies correctly without the "
     "pattern and whose true class is not the target; fooled = eligible snippets the victim assigns to the target "

@@ -13,8 +13,15 @@ from typing import Any
 from data_loaders.rundir import atomic_write_text, write_json
 
 # Table 3.2: one row per (ticker, model). Values are fractions (accuracies) / dollars / percent.
-TABLE_32_COLUMNS = ("ticker", "model", "a_test", "a_rand", "a_adv", "capital", "size", "cost", "n")
-_HEAD_32 = ("Ticker", "Model", "A_test (%)", "A_rand (%)", "A_adv (%)", "Capital ($)", "Size (%)", "Cost ($)", "n")
+# capital: mean over the successes of each snippet's minimal capital (cheapest fooling orders found);
+# capital_first: mean capital at the winning attack's first success; winners: successes per attack member;
+# masking: snippets only the gradient-free member fooled (possible gradient masking).
+TABLE_32_COLUMNS = ("ticker", "model", "a_test", "a_rand", "a_adv", "capital", "capital_first", "size", "cost",
+                    "winners", "masking", "n")
+_HEAD_32 = ("Ticker", "Model", "A_test (%)", "A_rand (%)", "A_adv (%)", "Capital ($)", "First success ($)",
+            "Size (%)", "Cost ($)", "Won by", "Masking", "n")
+_KINDS_32 = ("str", "str", "pct", "pct", "pct", "money", "money", "size", "cost", "str", "int", "int")
+_OPTIONAL_32 = ("capital_first", "winners", "masking")
 # Block-bootstrap standard errors of the accuracies (lobsim.stats), shown as "acc ± se" when present.
 TABLE_32_ERRORS = ("a_test_se", "a_rand_se", "a_adv_se")
 
@@ -61,11 +68,17 @@ def merge_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def table_32_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """Table 3.2 as markdown: accuracies in percent (± block-bootstrap SE when the row holds one), capital/size/cost
     means over successful attacks."""
-    kinds = ("str", "str", "pct", "pct", "pct", "money", "size", "cost", "int")
-    lines = ["| " + " | ".join(_HEAD_32) + " |", "|" + "---|" * len(_HEAD_32)]
+    # the attack-ensemble columns only when some row has them (a random-orders-only report has none)
+    show = [i for i, c in enumerate(TABLE_32_COLUMNS)
+            if c not in _OPTIONAL_32 or any(r.get(c) is not None for r in rows)]
+    cols = [TABLE_32_COLUMNS[i] for i in show]
+    kinds = [_KINDS_32[i] for i in show]
+    head = [_HEAD_32[i] for i in show]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [str(r.get(c, "")) if k == "str" else _fmt(r.get(c), k) for c, k in zip(TABLE_32_COLUMNS, kinds)]
-        for i, c in enumerate(TABLE_32_COLUMNS):
+        cells = [(str(r.get(c)) if r.get(c) is not None else "-") if k == "str" else _fmt(r.get(c), k)
+                 for c, k in zip(cols, kinds)]
+        for i, c in enumerate(cols):
             se = _num(r.get(f"{c}_se"))
             if kinds[i] == "pct" and se is not None and cells[i] != "-":
                 cells[i] += f" ± {100 * se:.1f}"

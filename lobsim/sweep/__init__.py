@@ -73,7 +73,7 @@ def run_sweep(
     from tqdm import tqdm
 
     from lobsim.sweep import store
-    from lobsim.sweep.cell import execute
+    from lobsim.sweep.cell import execute, execute_group
     from lobsim.sweep.prepare import model_done
     from lobsim.sweep.runners import make_runner
     from lobsim.sweep.table import read_table, write_table
@@ -125,7 +125,11 @@ def run_sweep(
                                                                f"{broken[c.run_dir]}"})
                 else:
                     runnable.append(c.to_dict())
-            pool.run(execute, runnable, stored, gpus=gpus)
+            if cfg.run.group == "day":
+                pool.run(execute_group, _by_day(runnable), lambda item, res: _stored_group(stored, item, res),
+                         gpus=gpus)
+            else:
+                pool.run(execute, runnable, stored, gpus=gpus)
             bar.close()
         finally:
             pool.close()
@@ -141,6 +145,21 @@ def run_sweep(
     write_report(out, read_table(out), asdict(summary), failed)
     write_json(out / "summary.json", summary)
     return summary
+
+
+def _by_day(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Work items of ``group = "day"``: the cells of each ticker-day together, in plan order."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault(c["day"]["path"], []).append(c)
+    return [{"day": day, "cells": cs} for day, cs in groups.items()]
+
+
+def _stored_group(stored: Callable, item: dict[str, Any], res: dict[str, Any]) -> None:
+    """Store the results of a day task; a task that died (no results) fails all its cells with its error."""
+    results = res.get("results") or [res] * len(item["cells"])
+    for c, r in zip(item["cells"], results):
+        stored(c, r)
 
 
 def _train(pool: Any, todo: list, progress: bool) -> dict[str, str]:

@@ -46,18 +46,28 @@ def _model(run_dir: str, device: str):
     return _cached_model(run_dir, device, weights.stat().st_mtime_ns if weights.is_file() else 0)
 
 
+def _same_day_file(a: str, b: str) -> bool:
+    """Same file, or a file with the same LOBSTER name and size (e.g. one synthetic day written twice)."""
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return Path(a).name == Path(b).name and os.path.getsize(a) == os.path.getsize(b)
+    except OSError:
+        return False
+
+
 def _in_sample(model: Any, day_path: str) -> bool:
-    """True when the model was trained on this day's snippets (a training day of a day split).
+    """True when the model was trained on this day's snippets (a training day of its day split).
 
     A time split leaves the end of every day for testing, and the cell attacks exactly that test part (same
     session window and train fraction), so it is out of sample.
     """
     market = (model.info or {}).get("market") or {}
-    paths = [os.path.abspath(p) for p in ((market.get("source") or {}).get("paths") or [])]
-    me = os.path.abspath(day_path)
-    if me not in paths or market.get("split") != "day":
+    if market.get("split") != "day":
         return False
-    return paths.index(me) in {r["day"] for r in market.get("train_regions", [])}
+    paths = (market.get("source") or {}).get("paths") or []
+    train_days = {r["day"] for r in market.get("train_regions", [])}
+    return any(_same_day_file(p, day_path) for i, p in enumerate(paths) if i in train_days)
 
 
 def _rows_capital(model: Any, batch: Any, attack: dict[str, Any], fill_model: str, seed: int, device: str,
@@ -172,14 +182,21 @@ def execute(cell: dict[str, Any]) -> dict[str, Any]:
 
     set_threads(int(cell.get("threads", 1)))
     rss0 = _rss_mb()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         out = run_cell(cell)
     except Exception as exc:  # noqa: BLE001 - a failing cell is data for the sweep, not a crash of it
         msg = " ".join(str(exc).split()) or type(exc).__name__
         return {"ok": False, "error": f"{type(exc).__name__}: {msg}", "traceback": traceback.format_exc()}
-    out["resources"] = {"seconds": time.perf_counter() - t0, "rss_before_mb": rss0,
+    out["resources"] = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                        "rss_before_mb": rss0,
                         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                         "pid": os.getpid()}
     out["ok"] = True
     return out
+
+
+def execute_group(item: dict[str, Any]) -> dict[str, Any]:
+    """Run the cells ``item["cells"]`` (one ticker-day) one after another in this worker: the day is loaded and
+    resampled once (the per-worker cache). Returns ``{"ok": True, "results": [one per cell]}``."""
+    return {"ok": True, "results": [execute(c) for c in item["cells"]]}

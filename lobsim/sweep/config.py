@@ -35,7 +35,7 @@ _ATTACK_PARAMS: dict[str, dict[str, Any]] = {
 }
 _ATTACK_KEYS: dict[str, Any] = {"name": str, "kind": str, "budgets": list, "n": int}
 _FEATURE_KEYS: dict[str, Any] = {"dt": _NUM, "window_s": _NUM, "horizon_s": _NUM}
-_RUN_KEYS: dict[str, Any] = {"threads_per_cell": int, "gpus_per_cell": (*_NUM, str), "device": str}
+_RUN_KEYS: dict[str, Any] = {"threads_per_cell": int, "gpus_per_cell": (*_NUM, str), "device": str, "group": str}
 _TOP_KEYS: dict[str, Any] = {"name": str, "seed": int, "fill_models": list, "defenses": list,
                              "features": dict, "markets": list, "models": list, "attacks": list, "run": dict}
 
@@ -90,11 +90,14 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """How cells run: CPU threads and GPUs per cell (``"auto"``: 1 when the Ray cluster has GPUs), device."""
+    """How cells run: CPU threads and GPUs per cell (``"auto"``: 1 when the Ray cluster has GPUs), device, and
+    ``group``: ``"cell"`` (one task per cell) or ``"day"`` (one task runs every cell of a ticker-day, so the day
+    is read and resampled once per task; results then arrive, and are stored, a day at a time)."""
 
     threads_per_cell: int = 1
     gpus_per_cell: float | str = "auto"
     device: str = "auto"
+    group: str = "cell"
 
 
 @dataclass(frozen=True)
@@ -253,10 +256,13 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base: str | os.P
     spec = RunSpec(**run)
     if spec.threads_per_cell < 1:
         raise ValueError(f"{src}: [run]: threads_per_cell must be >= 1")
+    if spec.group not in ("cell", "day"):
+        raise ValueError(f"{src}: [run]: group must be 'cell' or 'day', got {spec.group!r}")
     g = spec.gpus_per_cell
     if not (g == "auto" or (isinstance(g, _NUM) and not isinstance(g, bool) and g >= 0)):
         raise ValueError(f"{src}: [run]: gpus_per_cell must be 'auto' or a number >= 0, got {g!r}")
-    name = _name(src, "name", raw.get("name", Path(source).stem or "sweep"))
+    stem = Path(source).stem
+    name = _name(src, "name", raw.get("name", stem if _NAME.match(stem) else "sweep"))
     return SweepConfig(name=name, seed=int(raw.get("seed", 0)), features=feats, markets=markets, models=models,
                        attacks=attacks, fill_models=fills, defenses=defenses, run=spec, source=str(source),
                        base=str(base))

@@ -17,8 +17,8 @@ from lobsim.sweep.store import read_result
 
 COLUMNS = ("cell", "market", "ticker", "date", "model", "instance", "in_sample", "attack", "kind", "fill_model",
            "defense", "budget", "n", "a_test", "a_adv", "successes", "capital_mean", "cost_mean", "size_mean")
-TIMING_COLUMNS = ("cell", "seconds", "rss_before_mb", "max_rss_mb", "source_bytes", "grid_bytes", "batch_bytes",
-                  "steps", "snippets")
+TIMING_COLUMNS = ("cell", "seconds", "cpu_seconds", "rss_before_mb", "max_rss_mb", "source_bytes", "grid_bytes",
+                  "batch_bytes", "steps", "snippets")
 
 
 def collect_rows(out: Path, cells: Sequence[Cell]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -34,8 +34,8 @@ def collect_rows(out: Path, cells: Sequence[Cell]) -> tuple[list[dict[str, Any]]
                          "model": c.model, "instance": c.instance, "in_sample": bool(info.get("in_sample", False)),
                          "attack": c.attack["name"], "kind": c.attack["kind"], "fill_model": c.fill_model,
                          "defense": c.defense, **{k: r[k] for k in COLUMNS[11:]}})
-        timings.append({"cell": c.id, **{k: resources.get(k) for k in TIMING_COLUMNS[1:4]},
-                        **{k: info.get(k) for k in TIMING_COLUMNS[4:]}})
+        timings.append({"cell": c.id, **{k: resources.get(k) for k in TIMING_COLUMNS[1:5]},
+                        **{k: info.get(k) for k in TIMING_COLUMNS[5:]}})
     return rows, timings
 
 

@@ -184,3 +184,16 @@ def test_negative_orders_are_refused_by_every_operator_backend():
         with pytest.raises(ValueError, match="negative order -0.5 at snippet 1, step 4, side 1, level 2"):
             op(a)
     assert level_mask(batch.prices).all()
+
+
+def test_attack_with_exact_checks_gives_the_same_records():
+    """The whole attack with the exact engine in every success check returns the same records as with the
+    operator checks (the default), on the fused path."""
+    from lobsim.attacks.capital import CapitalAttack
+
+    batch = random_batch(B=6, W=24, L=3, seed=12)
+    model = TinyModel(24, "mlp", seed=4)
+    label_batch(batch, model, wrong_every=0)
+    fast = CapitalAttack(budget=2e5, max_iter=12)(model, batch, seed=2)
+    exact = CapitalAttack(budget=2e5, max_iter=12, exact_check=True)(model, batch, seed=2)
+    assert fast == exact and any(r.success for r in fast)

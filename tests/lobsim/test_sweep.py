@@ -39,7 +39,7 @@ def world(tmp_path_factory) -> dict:
     return {"root": root, "paths": paths}
 
 
-def _config(world: dict, name: str = "t", extra_markets: str = "", attacks: str | None = None) -> Path:
+def _config(world: dict, name: str = "t", extra_markets: str = "", attacks: str | None = None, run: str = "") -> Path:
     root = world["root"]
     attacks = attacks or """
 [[attacks]]
@@ -68,6 +68,7 @@ run = "runs/mlp"
 [run]
 threads_per_cell = 1
 gpus_per_cell = 0
+{run}
 """
     path = root / f"{name}.toml"
     path.write_text(text)
@@ -103,6 +104,8 @@ def local_table(world, tmp_path_factory) -> tuple[Path, bytes]:
      '[[attacks]]\nkind="random"\nbudgets=[1]', "'teleport' is not a fill model"),
     ('[[markets]]\nname="m"\ndata=["d"]\n[[markets]]\nname="m"\ndata=["e"]\n[[models]]\nname="a"\nrun="r"\n'
      '[[attacks]]\nkind="random"\nbudgets=[1]', "two \\[\\[markets\\]\\] entries are named 'm'"),
+    ('[[markets]]\nname="m"\ndata=["d"]\n[[models]]\nname="a"\nrun="r"\n'
+     '[[attacks]]\nkind="random"\nbudgets=[1]\n[run]\ngroup="week"', r"\[run\]: group must be 'cell' or 'day'"),
     ('name = "x"\nname = "y"', "not valid TOML"),
 ])
 def test_config_errors_name_file_table_and_key(tmp_path: Path, text: str, match: str) -> None:
@@ -197,6 +200,12 @@ def test_ray_with_two_workers_gives_the_same_table(world: dict, local_table, tmp
                                   pd.read_parquet(out / "results.parquet"))
     pids = {json.loads(p.read_text())["resources"]["pid"] for p in tmp_path.glob("cells/*/result.json")}
     assert os.getpid() not in pids  # the cells ran in Ray worker processes
+
+
+def test_one_task_per_day_gives_the_same_table(world: dict, local_table, tmp_path: Path) -> None:
+    s = run_sweep(_config(world, name="g", run='group = "day"'), tmp_path, runner="local", progress=False)
+    assert (s.done, s.failed) == (4, 0)
+    assert (tmp_path / "results.csv").read_bytes() == local_table[1]
 
 
 def test_interrupted_sweep_resumes_without_recomputing(world: dict, local_table, tmp_path: Path) -> None:
@@ -304,6 +313,26 @@ def test_cli_sweep_runs_and_reports_bad_configs(world: dict, tmp_path: Path) -> 
     err = r.invoke(main, ["lob", "sweep", str(bad), "--out", str(tmp_path / "b")])
     assert err.exit_code == 1 and "missing key 'models'" in err.output and "Traceback" not in err.output
     assert not (tmp_path / "b").exists()
+
+
+def test_in_sample_means_a_training_day_of_the_model(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lobsim.sweep.cell import _in_sample
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    name = "X_2020-01-02_34200000_35100000_message_1.csv"
+    (a / name).write_text("1,2,3\n")
+    (b / name).write_text("4,5,6\n")  # the same day written twice (same name and size)
+    (tmp_path / name).write_text("4,5,6,7\n")  # same name, other content
+    info = {"market": {"split": "day", "source": {"paths": [str(a / name), "/elsewhere/test_day.csv"]},
+                       "train_regions": [{"day": 0, "lo": 0, "hi": 9}]}}
+    m = SimpleNamespace(info=info)
+    assert _in_sample(m, str(a / name)) and _in_sample(m, str(b / name))
+    assert not _in_sample(m, str(tmp_path / name)) and not _in_sample(m, "/elsewhere/test_day.csv")
+    info["market"]["split"] = "time"
+    assert not _in_sample(m, str(a / name))  # a time split: the cell attacks the held-out end of the day
 
 
 def test_runner_choice_without_ray(monkeypatch: pytest.MonkeyPatch) -> None:

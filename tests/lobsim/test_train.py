@@ -152,11 +152,20 @@ def test_cli_train_evaluate_table_on_a_short_synthetic_day(tmp_path: Path) -> No
                                str(tmp_path / "table")])
     assert res.exit_code == 0, res.output
     md = (tmp_path / "table" / "table-3.1.md").read_text()
-    assert md.splitlines()[0] == "| Ticker | Linear | LSTM |" and md.splitlines()[2].startswith("| THICK |")
+    assert md.splitlines()[0] == "| Ticker | Linear | LSTM | Best constant |"
+    assert md.splitlines()[2].startswith("| THICK |") and "block-bootstrap" in md
     rows = json.loads((tmp_path / "table" / "table-3.1.json").read_text())
     assert {r["kind"] for r in rows} == {"linear", "lstm"}
     res = runner.invoke(main, ["lob", "train", "--model", "mlp", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "either --data" in res.output
+    res = runner.invoke(main, ["lob", "train", "--model", "mlp", "--inputs", "swa,imbalance,spread", "--out",
+                               str(tmp_path / "multi"), *common])
+    assert res.exit_code == 0, res.output
+    assert "inputs: swa,imbalance,spread" in res.output and "best constant" in res.output
+    assert json.loads((tmp_path / "multi" / "model.json").read_text())["inputs"] == ["swa", "imbalance", "spread"]
+    res = runner.invoke(main, ["lob", "train", "--model", "mlp", "--inputs", "swa,vwap", "--out",
+                               str(tmp_path / "bad"), *common])
+    assert res.exit_code != 0 and "unknown input 'vwap'" in res.output and "Traceback" not in res.output
 
 
 def test_accuracy_table_layout_and_duplicates() -> None:
@@ -168,12 +177,23 @@ def test_accuracy_table_layout_and_duplicates() -> None:
             {"run": "c", "ticker": "GE", "kind": "lstm", "preset": "small", "eval": ev}]
     md, rows = accuracy_table(runs)
     lines = md.splitlines()
-    assert lines[0] == "| Ticker | Linear | MLP | LSTM |"
-    assert lines[2] == "| F | 36.56 (±0.48) | 36.56 (±0.48) | - |"
-    assert lines[3] == "| GE | - | - | 36.56 (±0.48) |"
-    assert len(rows) == 3
-    with pytest.raises(ValueError, match="both fill F / MLP"):
+    assert lines[0] == "| Ticker | Linear | MLP | LSTM | Best constant |"
+    assert lines[2] == "| F | 36.56 ± 0.48 | 36.56 ± 0.48 | - | - |"
+    assert lines[3] == "| GE | - | - | 36.56 ± 0.48 | - |"
+    assert "binomial standard error" in md and len(rows) == 3
+    with pytest.raises(ValueError, match="both fill the cell F / MLP"):
         accuracy_table(runs + [dict(runs[0], run="d")])
+    # Block-bootstrap evaluations: block SE, paired difference to the best constant, and input sets as columns.
+    blk = dict(ev, stderr=0.02, se_kind="block bootstrap", block=700, best_constant={"class": 1, "accuracy": 0.34},
+               vs_best_constant={"diff": 0.0256, "se": 0.01})
+    md, rows = accuracy_table([{"run": "a", "ticker": "F", "kind": "mlp", "preset": "small", "eval": blk},
+                               {"run": "b", "ticker": "F", "kind": "mlp", "preset": "small", "eval": blk,
+                                "inputs": ["swa", "imbalance"]}])
+    lines = md.splitlines()
+    assert lines[0] == "| Ticker | MLP | MLP [swa,imbalance] | Best constant |"
+    assert lines[2] == "| F | 36.56 ± 2.00 (+2.6, z 2.6) | 36.56 ± 2.00 (+2.6, z 2.6) | 34.00 (flat) |"
+    assert "block-bootstrap standard error (blocks of 700 grid steps" in md
+    assert rows[1]["inputs"] == ["swa", "imbalance"]
 
 
 def rule_book(T: int, seed: int, date: str, L: int = 5, H: int = 20):

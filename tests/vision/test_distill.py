@@ -151,3 +151,53 @@ def test_distill_run_and_errors(tmp_path):
     with pytest.raises(ValueError, match="teacher has 3 outputs"):
         distill_run(DistillConfig(method="kd", teacher=str(odd), dataset="digits", device="cpu"), tmp_path / "y",
                     progress=False)
+
+
+def test_cli_distill_train_and_table(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    runner = CliRunner()
+    teacher = tmp_path / "teacher"
+    res = runner.invoke(main, ["vision", "train", "--dataset", "digits", "--epochs", "1", "--optimizer", "adam",
+                               "--lr-max", "5e-3", "--n-train", "300", "--n-test", "50", "--eps", "0.1", "--device",
+                               "cpu", "--quiet", "--out", str(teacher)])
+    assert res.exit_code == 0, res.output
+    student = tmp_path / "ard"
+    common = ["--dataset", "digits", "--eps", "0.1", "--epochs", "1", "--n-train", "200", "--n-test", "50",
+              "--eval-steps", "2", "--attack-steps", "2", "--optimizer", "adam", "--lr", "5e-3", "--device", "cpu",
+              "--quiet", "--threads", "1"]
+    res = runner.invoke(main, ["vision", "distill", "train", "--preset", "cpu", "--method", "ard", "--teacher",
+                               str(teacher), "--temperature", "4", "--out", str(student), *common])
+    assert res.exit_code == 0, res.output
+    assert "ard mnist_small" in res.output and "PGD-2 linf eps=0.1" in res.output
+    cfg = json.loads((student / "config.json").read_text())
+    assert cfg["temperature"] == 4 and cfg["optimizer"] == "adam" and cfg["n_train"] == 200  # preset overridden
+    # the student directory is an ordinary vision run: advsim vision evaluate attacks it
+    res = runner.invoke(main, ["vision", "evaluate", str(student), "--steps", "3", "--restarts", "1", "--n", "40",
+                               "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["vision", "distill", "train", "--method", "kd", "--out", str(tmp_path / "bad"),
+                               *common])
+    assert res.exit_code == 1 and "pass its run directory with --teacher" in res.output
+
+    study = tmp_path / "study"
+    res = runner.invoke(main, ["vision", "distill", "table", "--dataset", "digits", "--teacher-model", "mnist_small",
+                               "--eps", "0.1", "--attack-steps", "1", "--teacher-attack-steps", "1", "--replays", "2",
+                               "--teacher-epochs", "1", "--student-epochs", "2", "--n-train", "100", "--n-test", "40",
+                               "--eval-steps", "3",
+                               "--temperature", "4", "--device", "cpu", "--quiet", "--threads", "1",
+                               "--out", str(study)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((study / "ard_table.json").read_text())
+    assert len(rows) == 10 and {r["row"] for r in rows} >= {"teacher-at", "ard-natural-teacher", "fast-ard-at-teacher"}
+    assert all(0 <= r["pgd20_acc"] <= r["clean_acc"] <= 1 and r["params"] > 0 for r in rows)
+    fast = next(r for r in rows if r["row"] == "fast-ard-at-teacher")
+    assert fast["epochs"] == 1  # 2 student epochs / m = 2 replays
+    claims = json.loads((study / "claims.json").read_text())
+    assert {c["target"] for c in claims} == {"A1", "A2", "A4", "A5"}
+    assert (study / "ard_table.png").read_bytes()[:4] == b"\x89PNG"
+    res = runner.invoke(main, ["vision", "distill", "table", "--rows", "student-at,nope", "--out",
+                               str(tmp_path / "s2")])
+    assert res.exit_code == 1 and "unknown study rows ['nope']" in res.output

@@ -113,10 +113,12 @@ def test_svm_head_gradient_matches_finite_differences():
     def loss(s, qq):
         return (head(s, y, qq, 3) * weights).sum()
 
+    beta, _ = solve_cs_dual(x @ x.transpose(1, 2), y, 3, 0.5, 0.5)
+    assert bool((beta == 0).any()) and bool((beta > 1e-6).sum(2).gt(1).any())  # both bounds and free coordinates
     s0, q0 = x.clone().requires_grad_(True), q.clone().requires_grad_(True)
     gs, gq = torch.autograd.grad(loss(s0, q0), (s0, q0))
     h = 1e-6
-    for k in range(4):  # central differences along random directions of the support and the query embeddings
+    for _ in range(4):  # central differences along random directions of the support and the query embeddings
         ds = torch.randn(x.shape, generator=g, dtype=torch.float64)
         dq = torch.randn(q.shape, generator=g, dtype=torch.float64)
         with torch.no_grad():

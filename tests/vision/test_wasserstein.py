@@ -57,7 +57,7 @@ def test_projection_is_feasible_and_matches_the_exact_qp():
         g = torch.Generator().manual_seed(10 + seed)
         w = x + 0.25 * torch.randn(x.shape, generator=g, dtype=torch.float64) * x.max()
         eps = 0.25
-        pr = project_wasserstein(x, w, eps, kernel=3, lam=5000.0, maxiter=3000, tol=1e-9)
+        pr = project_wasserstein(x, w, eps, kernel=3, lam=2000.0, maxiter=400, tol=1e-9)
         z = pr.z[0, 0].numpy()
         ze, obj_exact = exact_projection(x[0, 0].numpy(), w[0, 0].numpy(), eps, kernel=3)
         obj = 0.5 * float(((w[0, 0].numpy() - z) ** 2).sum())
@@ -66,13 +66,13 @@ def test_projection_is_feasible_and_matches_the_exact_qp():
         assert wasserstein_lp(x[0, 0].numpy(), z, kernel=3) <= eps * (1 + 1e-7)         # exact transport LP
         assert obj >= obj_exact - 1e-12                                                 # the QP is optimal ...
         assert obj <= obj_exact * 1.02                                                  # ... and Sinkhorn close
-        assert np.abs(z - ze).max() <= 0.05 * np.abs(w[0, 0].numpy() - x[0, 0].numpy()).max()
+        assert np.abs(z - ze).max() <= 0.04 * np.abs(w[0, 0].numpy() - x[0, 0].numpy()).max()
 
 
 def test_projection_of_a_point_inside_the_ball_and_the_pixel_ceiling():
     x = _image(3, 5, 5)
-    pr = project_wasserstein(x, x.clone(), 0.5, kernel=3, lam=5000.0, maxiter=500, tol=1e-10)
-    torch.testing.assert_close(pr.z, x, atol=2e-3 * float(x.max()), rtol=0)
+    pr = project_wasserstein(x, x.clone(), 0.5, kernel=3, lam=5000.0, maxiter=200, tol=1e-10)
+    torch.testing.assert_close(pr.z, x, atol=1e-2 * float(x.max()), rtol=0)        # up to the entropic blur
     w = x.clone()
     w[0, 0, 2, 2] += 5 * x.max()                                                         # pushes one pixel up
     up = 1.3 * float(x.max())
@@ -89,8 +89,8 @@ def test_attack_stays_in_the_ball_and_the_pixel_range():
     with torch.no_grad():
         y = net(x).argmax(1)
     y[0] = (y[0] + 1) % 3                                               # one clean mistake: found at radius 0
-    atk = WassersteinPGD(eps=0.02, alpha=0.05, steps=25, eps_factor=1.4, eps_every=5, kernel=3, lam=1000.0,
-                         sinkhorn_iters=100)
+    atk = WassersteinPGD(eps=0.02, alpha=0.05, steps=15, eps_factor=1.4, eps_every=3, kernel=3, lam=1000.0,
+                         sinkhorn_iters=40)
     res = atk(net, x, y)
     assert float(res.eps_found[0]) == 0.0
     assert bool(res.success[torch.isfinite(res.eps_found)].all())
@@ -99,11 +99,12 @@ def test_attack_stays_in_the_ball_and_the_pixel_range():
         m = float(x[b].sum())
         assert float(res.x_adv[b].sum()) == pytest.approx(m, rel=1e-5)                  # mass kept
         d = wasserstein_lp((x[b, 0] / m).double().numpy(), (res.x_adv[b, 0] / res.x_adv[b].sum()).double().numpy(),
-                           kernel=None)
+                           kernel=3)                                     # the local-plan distance >= the global one
         assert d <= float(res.eps_final[b]) * (1 + 1e-4) + 1e-7                          # inside the ball
     curve = success_curve(res.eps_found, [0.0, 0.05, 0.1, 1.0])
     assert curve == sorted(curve) and curve[0] == pytest.approx(1 / 6)
     assert atk.max_eps == pytest.approx(0.02 * 1.4 ** 4)
+    assert bool((res.eps_found[1:] > 0).all())                          # the others needed a perturbation
 
 
 def test_clear_errors():

@@ -128,7 +128,8 @@ def _attack_errors(net: nn.Module, x: Tensor, y: Tensor, eps: float, lo: float, 
 
 def _certified_err(net: nn.Module, x: Tensor, y: Tensor, eps: float, batch: int = 200) -> float:
     ok = [certify_batch(net, x[s: s + batch], y[s: s + batch], eps).certified for s in range(0, len(x), batch)]
-    return 1 - float(torch.cat(ok).float().mean())
+    ok_all = torch.cat(ok)
+    return 1 - int(ok_all.sum()) / len(ok_all)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -158,11 +159,12 @@ def study_toy(out: Path, seed: int, extra: dict[str, Any], progress: bool) -> di
         loss.backward()
         opt.step()
         if it % 50 == 0 or it == p["iters"] - 1:
-            curve.append({"iter": it, "robust_loss": float(loss), "robust_err": float(not_cert.float().mean())})
+            curve.append({"iter": it, "robust_loss": float(loss.detach()),
+                          "robust_err": float(not_cert.float().mean())})
     seconds = time.perf_counter() - t0
     cert = certify_batch(net, x, y, p["eps"])
     errs = _attack_errors(net, x, y, p["eps"], 0.0, 1.0, 50, 10, seed)
-    metrics = {"params": p, "train_seconds": seconds, "certified_err": 1 - float(cert.certified.float().mean()),
+    metrics = {"params": p, "train_seconds": seconds, "certified_err": 1 - int(cert.certified.sum()) / len(y),
                "min_margin": float(cert.margin.min()), **errs, "curve": curve}
     _toy_figure(net, x, y, p["eps"], out / "toy.png")
     rows = [[p["n_points"], p["eps"], p["iters"], _pct(errs["clean_err"]), _pct(errs["pgd_err"]),
@@ -265,14 +267,14 @@ def study_har(out: Path, seed: int, extra: dict[str, Any], progress: bool) -> di
 def study_tightness(out: Path, seed: int, extra: dict[str, Any], progress: bool) -> dict[str, Any]:
     from .lp import lp_bound, optimise_alpha
 
-    p = {"n_examples": 4, "eps": 0.1, "alpha_steps": 300, "grid": 401, **extra}
+    p = {"n_examples": 4, "eps": 0.1, "alpha_steps": 300, "grid": 401, "train_iters": 300, **extra}
     torch.manual_seed(seed)
     rows, records = [], []
     # (a) a robustly trained small MLP on the toy points and a random MLP
     x, y = toy_points(12, 0.16, seed)
     trained = mlp([2, 20, 20, 2])
     opt = torch.optim.Adam(trained.parameters(), lr=3e-3)
-    for _ in range(300):
+    for _ in range(p["train_iters"]):
         loss, _ = robust_loss(trained, x, y, 0.08)
         opt.zero_grad()
         loss.backward()
@@ -307,7 +309,8 @@ def study_tightness(out: Path, seed: int, extra: dict[str, Any], progress: bool)
     x0 = torch.rand(1, 2, dtype=torch.float64)
     eps4 = 0.05
     lo_i, hi_i = interval_bounds(fig_net, x0 - eps4, x0 + eps4)
-    lo_d, hi_d = DualNetwork(fig_net, x0, eps4).output_bounds()
+    with torch.no_grad():
+        lo_d, hi_d = DualNetwork(fig_net, x0, eps4).output_bounds()
     g = torch.linspace(-eps4, eps4, p["grid"], dtype=torch.float64)
     gx, gy = torch.meshgrid(g, g, indexing="ij")
     with torch.no_grad():

@@ -37,7 +37,7 @@ class FewShotStudyConfig:
     trades_coefs: tuple[float, ...] = (1.0,)
     shots: tuple[int, ...] = (1, 5)
     query: int = 10
-    episodes: int = 40
+    episodes: int = 25
     batch: int = 10
     steps: int = 20
     mifgsm_heads: tuple[str, ...] = ("ridge",)

@@ -46,11 +46,12 @@ def local_cost(kernel: int = 5, p: float = 1.0, dtype: torch.dtype = torch.float
     return (di ** 2 + dj ** 2).pow(p / 2).reshape(-1)
 
 
-def lambertw_exp(s: Tensor, iters: int = 30) -> Tensor:
+def lambertw_exp(s: Tensor, iters: int = 8) -> Tensor:
     """W(exp(s)), the principal Lambert W of e^s, for any real s (also huge s, where e^s overflows).
 
     Solves e^u + u = s for u = log W by Newton's method (convex and increasing in u, so it converges from any
-    start); W = e^u. For s < -50, W(e^s) = e^s to double precision.
+    start; from this start 6 steps reach double precision on s in [-60, 60]); W = e^u. For s < -50,
+    W(e^s) = e^s to double precision.
     """
     tiny = s < -50
     ss = torch.where(tiny, torch.full_like(s, -50.0), s)
@@ -90,11 +91,22 @@ class Projection:
     psi: Tensor          # (B,) final dual variable of the cost constraint
 
 
-def _plan_log(alpha: Tensor, beta: Tensor, psi: Tensor, cost: Tensor, kernel: int) -> Tensor:
-    """log Pi[i, i + o] = alpha_i + beta_{i+o} - psi C_o - 1, as (B, C, k*k, H*W)."""
-    ub = _unfold(beta, kernel, float("-inf"))
-    b, c, h, w = alpha.shape
-    return alpha.reshape(b, c, 1, h * w) + ub - psi.view(-1, 1, 1, 1) * cost.view(1, 1, -1, 1) - 1.0
+def _window_sum(a: Tensor, weights: Tensor, kernel: int) -> Tensor:
+    """out_i = sum_o weights[b, o] * a_{i+o} over the k x k window (zero outside): one depthwise convolution.
+
+    a (B, C, H, W), weights (B, k*k) (one kernel per example, shared by its channels)."""
+    b, c, h, w = a.shape
+    r = kernel // 2
+    wk = weights.view(b, 1, 1, kernel, kernel).expand(b, c, 1, kernel, kernel).reshape(b * c, 1, kernel, kernel)
+    return F.conv2d(a.reshape(1, b * c, h, w), wk, padding=r, groups=b * c).view(b, c, h, w)
+
+
+def _log_window_sum(loga: Tensor, weights: Tensor, kernel: int) -> Tensor:
+    """log sum_o weights[b, o] exp(loga_{i+o}), stabilised by each example's largest finite entry."""
+    b = loga.shape[0]
+    finite = torch.where(torch.isfinite(loga), loga, torch.full_like(loga, -torch.inf))
+    top = finite.reshape(b, -1).amax(dim=1).clamp_min(-1e30).view(-1, 1, 1, 1)
+    return torch.log(_window_sum(torch.exp(loga - top), weights, kernel)) + top
 
 
 def project_wasserstein(x: Tensor, w: Tensor, eps: float | Tensor, *, kernel: int = 5, lam: float = 1000.0,
@@ -103,7 +115,8 @@ def project_wasserstein(x: Tensor, w: Tensor, eps: float | Tensor, *, kernel: in
     """Project ``w`` onto the Wasserstein ball of radius ``eps`` around ``x`` (both (B, C, H, W), x >= 0).
 
     ``eps`` and ``upper`` may be floats or (B,) tensors. Iterates at most ``maxiter`` times, stopping when no
-    entry of z moves by more than ``tol`` times the largest entry of x.
+    entry of z moves by more than ``tol`` times the largest entry of x. The window sums of the updates are
+    depthwise convolutions of the exponentiated (max-shifted) dual variables.
     """
     if x.shape != w.shape or x.dim() != 4:
         raise ValueError(f"x and w must both be (B, C, H, W); got {tuple(x.shape)} and {tuple(w.shape)}")
@@ -122,29 +135,27 @@ def project_wasserstein(x: Tensor, w: Tensor, eps: float | Tensor, *, kernel: in
         if bool((x > up_t.view(-1, 1, 1, 1) * (1 + 1e-6)).any()):
             raise ValueError("x exceeds the per-pixel ceiling `upper`")
         log_up = torch.log(up_t).view(-1, 1, 1, 1)
-    n = c * h * wd
-    alpha = torch.full_like(x, -torch.log(torch.tensor(float(n), dtype=dt)).item())
-    beta = alpha.clone()
+    log_lam = float(torch.log(torch.tensor(lam, dtype=torch.float64)))
+    beta = torch.full_like(x, -float(torch.log(torch.tensor(float(c * h * wd), dtype=torch.float64))))
+    alpha = beta.clone()
     psi = torch.ones(b, dtype=dt, device=x.device)
-    neg_cost = -cost.view(1, 1, -1, 1)
-    scale = x.reshape(b, -1).amax(dim=1).clamp_min(torch.finfo(dt).tiny).view(-1, 1, 1, 1)
+    scale = x.reshape(b, -1).amax(dim=1).clamp_min(torch.finfo(dt).tiny)
     z_old = w
     it = 0
     for it in range(1, maxiter + 1):
-        pc = psi.view(-1, 1, 1, 1) * neg_cost - 1.0                         # -psi C - 1 per offset
-        # alpha step: rows sum to x
-        lse_b = torch.logsumexp(_unfold(beta, kernel, float("-inf")) + pc, dim=2).view(b, c, h, wd)
-        alpha = log_x - lse_b
-        # beta step (the window is symmetric, so the column sum has the same form)
-        log_k = torch.logsumexp(_unfold(alpha, kernel, float("-inf")) + pc, dim=2).view(b, c, h, wd)
-        beta = lam * w - lambertw_exp(torch.log(torch.tensor(lam, dtype=dt)) + log_k + lam * w)
+        k_psi = torch.exp(-psi.view(-1, 1) * cost.view(1, -1) - 1.0)            # (B, k*k)
+        alpha = log_x - _log_window_sum(beta, k_psi, kernel)                     # rows sum to x
+        log_k = _log_window_sum(alpha, k_psi, kernel)                            # symmetric window: column sums
+        beta = lam * w - lambertw_exp(log_lam + log_k + lam * w)
         if log_up is not None:
             beta = torch.minimum(beta, log_up - log_k)
-        # Newton step on psi, with the plan after both updates
-        lp = _plan_log(alpha, beta, psi, cost, kernel)
-        pi = torch.exp(lp)
-        g = (pi * cost.view(1, 1, -1, 1)).sum(dim=(1, 2, 3)) - eps_t
-        hh = -(pi * (cost ** 2).view(1, 1, -1, 1)).sum(dim=(1, 2, 3))
+        # Newton step on psi with the plan after both updates: <Pi, C> and <Pi, C^2> as window sums
+        top_a = alpha.reshape(b, -1).amax(dim=1).clamp_min(-1e30).view(-1, 1, 1, 1)
+        top_b = beta.reshape(b, -1).amax(dim=1).view(-1, 1, 1, 1)
+        ua, vb = torch.exp(alpha - top_a), torch.exp(beta - top_b)
+        shift = torch.exp(top_a + top_b).view(-1)
+        g = (ua * _window_sum(vb, k_psi * cost, kernel)).sum(dim=(1, 2, 3)) * shift - eps_t
+        hh = -(ua * _window_sum(vb, k_psi * cost ** 2, kernel)).sum(dim=(1, 2, 3)) * shift
         step = torch.where(hh < 0, g / hh.clamp_max(-torch.finfo(dt).tiny), torch.zeros_like(g))
         t = torch.ones_like(psi)
         for _ in range(60):
@@ -156,31 +167,33 @@ def project_wasserstein(x: Tensor, w: Tensor, eps: float | Tensor, *, kernel: in
         z = w - beta / lam
         if log_up is not None:
             z = torch.minimum(z, torch.exp(log_up))
-        moved = ((z - z_old).abs().reshape(b, -1).amax(dim=1) / scale.view(-1)).max()
+        moved = ((z - z_old).abs().reshape(b, -1).amax(dim=1) / scale).max()
         z_old = z
         if it > 1 and float(moved) <= tol:
             break
-    return _feasible(x, alpha, beta, psi, cost, kernel, eps_t, upper, it)
+    return _feasible(x, beta, psi, cost, kernel, eps_t, upper, it)
 
 
-def _feasible(x: Tensor, alpha: Tensor, beta: Tensor, psi: Tensor, cost: Tensor, kernel: int, eps: Tensor,
+def _feasible(x: Tensor, beta: Tensor, psi: Tensor, cost: Tensor, kernel: int, eps: Tensor,
               upper: float | Tensor | None, iterations: int) -> Projection:
-    """Renormalise the plan's rows to x, read z off its columns, then blend with the identity plan if needed."""
-    b, c, h, w = x.shape
-    lp = _plan_log(alpha, beta, psi, cost, kernel)
-    flat_x = x.reshape(b, c, 1, h * w)
-    lp = lp - torch.logsumexp(lp, dim=2, keepdim=True) + torch.log(flat_x)
-    pi = torch.where(flat_x > 0, torch.exp(lp), torch.zeros_like(lp))   # rows sum to x (up to rounding)
-    z = _fold_back(pi, kernel, (h, w))                    # column sums
-    plan_cost = (pi * cost.view(1, 1, -1, 1)).sum(dim=(1, 2, 3))
+    """Take the plan Pi_ij = x_i K_ij e^beta_j / sum_j K_ij e^beta_j (rows sum to x exactly), read z off its
+    columns, then blend with the identity plan when the cost or the ceiling requires it."""
+    b = x.shape[0]
+    k_psi = torch.exp(-psi.view(-1, 1) * cost.view(1, -1) - 1.0)
+    top = beta.reshape(b, -1).amax(dim=1).view(-1, 1, 1, 1)
+    v = torch.exp(beta - top)
+    row = _window_sum(v, k_psi, kernel)                                     # sum_j K_ij v_j
+    ratio = torch.where(x > 0, x / row.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    z = v * _window_sum(ratio, k_psi, kernel)                               # column sums
+    plan_cost = (ratio * _window_sum(v, k_psi * cost, kernel)).sum(dim=(1, 2, 3))
     t = torch.ones_like(plan_cost)
     over = plan_cost > eps
     t = torch.where(over, eps / plan_cost.clamp_min(torch.finfo(x.dtype).tiny), t)
     if upper is not None:
         up = torch.as_tensor(upper, dtype=x.dtype, device=x.device).expand(b).view(-1, 1, 1, 1)
         excess = z > up
-        ratio = torch.where(excess, (up - x) / (z - x).clamp_min(torch.finfo(x.dtype).tiny), torch.ones_like(z))
-        t = torch.minimum(t, ratio.reshape(b, -1).amin(dim=1).clamp(0, 1))
+        rr = torch.where(excess, (up - x) / (z - x).clamp_min(torch.finfo(x.dtype).tiny), torch.ones_like(z))
+        t = torch.minimum(t, rr.reshape(b, -1).amin(dim=1).clamp(0, 1))
     tv = t.view(-1, 1, 1, 1)
     z = tv * z + (1 - tv) * x
     return Projection(z, t * plan_cost, t, iterations, psi)
