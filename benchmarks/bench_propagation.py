@@ -3,6 +3,7 @@
 1. Exact integer engine (Numba) vs the plain-Python reference, snippets/s (touch and queue fill models).
 2. The differentiable touch operator: the one-off precomputation, then forward+backward per attack step, on the
    CPU (Numba kernels; and the pure-torch backend on a smaller batch for comparison) and on CUDA when present.
+3. The attack's SWA path forward+backward: operator + swa_torch against the fused propagation -> SWA kernels.
 
 Snippets are synthetic but shaped like the thesis' data: W steps of 10 ms, L levels a side, a mid price that moves
 rarely, executions at a realistic rate (the LOBSTER 2012-06-21 samples have 0.015 executions per 10 ms step for
@@ -141,6 +142,44 @@ def bench_operator(args: argparse.Namespace, device: str, backend: str, B: int) 
     return [row]
 
 
+def bench_fused(args: argparse.Namespace, B: int) -> list[str]:
+    """The attack's SWA path, forward+backward, side by side (alternated): operator + swa_torch vs the fused
+    propagation -> SWA kernels (lobsim.propagation.fused), which never build the (B, W, 2, L) propagated tensor."""
+    from lobsim.attacks.capital import book_tensors
+    from lobsim.features import swa_torch
+    from lobsim.propagation import FusedTouchSwa
+
+    batch = synthetic_batch(B, args.window, args.levels, args.exec_rate, seed=3)
+    P, S, M = book_tensors(batch)
+    op = TouchPropagator(batch)
+    fused = FusedTouchSwa(op, P, S)
+    a = torch.as_tensor(attack_orders(batch, density=0.01), dtype=torch.float32)
+    w = torch.randn(B, args.window)
+
+    def general() -> None:
+        x = a.clone().requires_grad_(True)
+        torch.autograd.grad((swa_torch(P, S + op(x), M) * w).sum(), x)
+
+    def fast() -> None:
+        x = a.clone().requires_grad_(True)
+        torch.autograd.grad((fused(x) * w).sum(), x)
+
+    general(), fast()
+    tg, tf = [], []
+    for _ in range(args.repeat):
+        tg.append(timed(general, 1))
+        tf.append(timed(fast, 1))
+    x1, x2 = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    g1 = torch.autograd.grad((swa_torch(P, S + op(x1), M) * w).sum(), x1)[0]
+    g2 = torch.autograd.grad((fused(x2) * w).sum(), x2)[0]
+    assert torch.allclose(g1, g2, rtol=1e-3, atol=1e-9), "fused gradient != general gradient"
+    row = (f"| SWA of the propagated book, fwd+bwd | {B} x {args.window} x 2 x {args.levels} | fused "
+           f"**{min(tf) * 1e3:,.0f} ms** | operator + swa_torch {min(tg) * 1e3:,.0f} ms | "
+           f"**{min(tg) / min(tf):.1f}x** |")
+    print(row, flush=True)
+    return [row]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--window", type=int, default=6000, help="steps per snippet (thesis: 6000 x 10 ms)")
@@ -150,6 +189,7 @@ def main() -> None:
     p.add_argument("--reference-snippets", type=int, default=4, help="snippets for the plain-Python reference")
     p.add_argument("--snippets", type=int, default=1024, help="snippets for the differentiable operator")
     p.add_argument("--torch-cpu-snippets", type=int, default=64, help="snippets for the pure-torch CPU backend")
+    p.add_argument("--fused-snippets", type=int, default=256, help="snippets for fused vs general SWA path")
     p.add_argument("--device", default="auto", help="auto (CPU, plus CUDA when present), cpu or cuda")
     p.add_argument("--repeat", type=int, default=3, help="timed repeats (best is reported)")
     p.add_argument("--skip-exact", action="store_true", help="only the differentiable operator")
@@ -159,6 +199,7 @@ def main() -> None:
     if args.quick:
         args.window, args.exact_snippets, args.reference_snippets = 1000, 32, 2
         args.snippets, args.torch_cpu_snippets, args.repeat = min(args.snippets, 64), 16, 2
+        args.fused_snippets = 16
     import numba
 
     print(f"# machine: {platform.processor() or platform.machine()}, numba threads {numba.get_num_threads()}, "
@@ -174,6 +215,7 @@ def main() -> None:
     if cpu:
         bench_operator(args, "cpu", "numba", args.snippets)
         bench_operator(args, "cpu", "torch", args.torch_cpu_snippets)
+        bench_fused(args, args.fused_snippets)
     if cuda:
         bench_operator(args, "cuda", "torch", args.snippets)
     elif args.device == "auto":

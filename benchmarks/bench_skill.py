@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--models", default="linear,mlp,lstm")
     ap.add_argument("--inputs", nargs="*", default=DEFAULT_INPUTS, help="input sets, each comma-separated")
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--eval-n", type=int, default=10_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-logreg", action="store_true")
@@ -115,7 +116,8 @@ def main() -> None:
             if (run / "model.json").is_file():
                 trained = load_run(run)
             else:
-                cfg = default_config(kind, "small", features, steps=args.steps, seed=args.seed, device="cpu",
+                cfg = default_config(kind, "small", features, steps=args.steps, batch=args.batch, seed=args.seed,
+                                     device="cpu",
                                      eval_n=args.eval_n, data=data_cfg, inputs=inputs)
                 trained = train(cfg, market, run, progress=False)
             ev = evaluate(trained, market, n=args.eval_n, seed=args.seed)

@@ -338,8 +338,8 @@ def lob_report(runs, out_dir) -> None:
               help="Run directory for data, models, records, tables and figures.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything (same seed, same numbers).")
 @click.option("--preset", type=click.Choice(["demo", "tiny", "paper"]), default="demo", show_default=True,
-              help="Size preset of the whole experiment: demo: 2-core CPU in minutes (3 synthetic days x 1 h, "
-                   "dt = 0.1 s, small models); tiny: seconds "
+              help="Size preset of the whole experiment: demo: 2-core CPU in minutes (6 synthetic days x 1 h, "
+                   "dt = 0.1 s, small models reading swa,imbalance,depth_imbalance); tiny: seconds "
                    "(smoke test); paper: thesis grid (dt = 0.01 s) and model sizes, needs a GPU.")
 @click.option("--synthetic", type=click.Choice(SYNTHETIC_MARKETS), default=None,
               help="Synthetic market preset [default: thick] (ignored with --data).")
@@ -347,16 +347,22 @@ def lob_report(runs, out_dir) -> None:
               help="Real LOBSTER day(s) instead of the synthetic market (one day splits by time). Repeatable.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda ...")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in OUT.")
+@click.option("--inputs", default=None,
+              help="The victims' input channels, comma-separated (see `lob train --inputs`) [default: the preset's; "
+                   "demo: swa,imbalance,depth_imbalance; tiny and paper: swa].")
 @threads_option
-def lob_demo(out_dir, seed, preset, synthetic, data_paths, device, overwrite) -> None:
+def lob_demo(out_dir, seed, preset, synthetic, data_paths, device, overwrite, inputs) -> None:
     """Synthetic market -> train Linear/MLP/LSTM -> random, capital and universal attacks -> tables and figures."""
     from lobsim.experiments import preset_config, run_experiment
     from lobsim.report.tables import table_32_markdown, table_33_markdown
 
     data = [str(p) for p in data_paths]
     try:
+        from lobsim.adapters import parse_inputs
+
         cfg = preset_config(preset, seed=seed, device=device, data=data or None,
-                            synthetic=None if data else (synthetic or "thick"))
+                            synthetic=None if data else (synthetic or "thick"),
+                            inputs=list(parse_inputs(inputs)) if inputs else None)
         m = run_experiment(cfg, out_dir, progress=True, overwrite=overwrite)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from exc

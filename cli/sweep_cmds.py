@@ -23,7 +23,9 @@ from cli.app import lob, threads_option
                    "must import advsim and see the data and the sweep folder at the same paths.")
 @click.option("--max-cells", type=click.IntRange(min=0), default=None,
               help="Run at most N unfinished cells in this call (the rest on the next call).")
-@click.option("--dry-run", is_flag=True, help="Print the cells the config expands into and stop.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the cells the config expands into and stop (synthetic markets are written first: their "
+                   "days make the cells).")
 @threads_option
 def lob_sweep(config: str, out_dir: str | None, runner: str, workers: int, address: str | None,
               max_cells: int | None, dry_run: bool) -> None:
@@ -32,6 +34,7 @@ def lob_sweep(config: str, out_dir: str | None, runner: str, workers: int, addre
     Writes OUT/cells/<cell>/result.json per finished cell (error.txt for a failed one), OUT/results.parquet and
     results.csv (one row per cell and budget), timings.csv, and OUT/report/report.md with capital curves per
     ticker and model. The format of CONFIG is in docs/scale.md; examples/sweep-small.toml runs in about a minute.
+    --threads sets this process; every cell runs with the config's [run] threads_per_cell, whatever the runner.
     """
     from pathlib import Path
 

@@ -117,9 +117,11 @@ def vision_train(out, overwrite, quiet, **opts) -> None:
 @click.option("--norm", type=click.Choice(["linf", "l2", "l1"]), default="linf", show_default=True,
               help="Threat model of pgd/apgd (msd attacks the union of all three).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Attack iterations. Default: 50, or 100 with --suite (AutoAttack's APGD budget).")
-@click.option("--restarts", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Random restarts (best kept).")
+              help="Attack iterations. Default: 50 for pgd/msd, 100 for apgd/apgd-t and --suite (AutoAttack's "
+                   "budget), 5000 queries for square.")
+@click.option("--restarts", type=click.IntRange(min=1), default=None,
+              help="Random restarts (best kept). Default: 10 for pgd/fgsm/msd (the thesis' evaluation), 1 for "
+                   "apgd, apgd-t and square (AutoAttack's setting).")
 @click.option("--alpha", type=_Radius(), default=None,
               help="PGD step. Default: eps/4 for linf, 2.5*eps/steps for l2/l1.")
 @click.option("--msd-eps", default=None, help="MSD radii linf,l2,l1 (default 0.3,2,10).")
@@ -155,8 +157,11 @@ def vision_evaluate(run, quiet, **opts) -> None:
             if f["flag"]:
                 click.echo(f"  WARNING gradient masking suspected ({name}): {f['meaning']}")
         return
-    opts["steps"] = opts["steps"] or 50
     opts["attack"] = opts["attack"] or ("apgd" if opts["norm"] == "l1" else "pgd")
+    if opts["steps"] is None:
+        opts["steps"] = {"apgd": 100, "apgd-t": 100, "square": 5000}.get(opts["attack"], 50)
+    if opts["restarts"] is None:
+        opts["restarts"] = 1 if opts["attack"] in ("apgd", "apgd-t", "square") else 10
     try:
         r = evaluate_run(run, progress=not quiet, **opts)
     except (ValueError, FileNotFoundError) as exc:

@@ -11,7 +11,7 @@ from cli.vision_cmds import _Radius
 
 @vision.command("robust-overfitting")
 @click.option("--preset", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
-              help="cpu: 2,000 MNIST images, small conv net, eps 0.3, 40 epochs (minutes). paper: CIFAR-10, "
+              help="cpu: 2,000 MNIST images, small conv net, eps 0.1, 40 epochs (minutes). paper: CIFAR-10, "
                    "PreAct ResNet-18, eps 8/255, 200 epochs with decays at 100 and 150 (GPU).")
 @click.option("--dataset", default=None, help="Override the preset's dataset (mnist, fashion-mnist, cifar10, ...).")
 @click.option("--root", type=click.Path(), default=None, help="Where the dataset lives (see vision train --root).")

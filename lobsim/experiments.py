@@ -80,7 +80,9 @@ class ExperimentConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "demo": {},
+    # 6 days: 4 train, 2 test; victims read SWA plus the book's imbalances, so that they have skill on the thick
+    # market after 300 steps (docs/reproduction.md); `--inputs swa` gives the thesis' SWA-only victims.
+    "demo": {"days": 6, "inputs": ["swa", "imbalance", "depth_imbalance"]},
     "tiny": {"days": 2, "hours": 0.25, "window_s": 20.0, "horizon_s": 5.0, "models": ["linear", "mlp"],
              "surrogates": ["mlp"], "train_steps": 30, "train_batch": 64, "eval_n": 200, "attack_n": 12,
              "max_iter": 30, "step_shares": 3.0, "restarts": 1, "search_iter": 60, "universal_steps": 15,

@@ -1,4 +1,5 @@
-"""Image classifiers: the small/large convolutional nets of the specs, PreActResNet-18, Wide ResNets and ResNet-10.
+"""Image classifiers: the small/large convolutional nets of the specs, PreActResNet-18, Wide ResNets, ResNet-10/18
+and MobileNetV2 (CIFAR variant).
 
 Every model takes inputs in [0, 1] and normalises them inside (per-channel mean and std held as buffers), so
 attacks, epsilons and clipping all live in pixel space. ``build_model(name, num_classes, in_channels, image_size)``

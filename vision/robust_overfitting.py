@@ -12,7 +12,7 @@ One config -> one run directory:
   there (the early-stopping result), and the gap between final and best.
 - ``weights-final.safetensors`` and ``weights-best-val.safetensors``.
 
-Presets: ``cpu`` (a 2,000-image MNIST subset, the small conv net, eps 0.3, 40 epochs, about 10 CPU-minutes) and
+Presets: ``cpu`` (a 2,000-image MNIST subset, the small conv net, eps 0.1, 40 epochs, about 10 CPU-minutes) and
 ``paper`` (CIFAR-10, PreAct ResNet-18, eps 8/255, 10 steps of 2/255, SGD lr 0.1 decayed /10 at epochs 100 and
 150 of 200, 1,000 validation images: needs a GPU).
 """
@@ -45,7 +45,7 @@ class RobustOverfittingConfig:
     dataset: str = "mnist"
     root: str | None = None
     model: str = "mnist_small"
-    eps: float = 0.3
+    eps: float = 0.1
     alpha: float | None = None
     attack_steps: int = 10
     epochs: int = 40

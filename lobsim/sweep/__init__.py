@@ -87,13 +87,14 @@ def run_sweep(
         atomic_write_text(out / "config.toml", Path(cfg.source).read_text(encoding="utf-8"))
     write_json(out / "sweep.json", {"format": "advsim.sweep", "config": cfg.to_dict(),
                                     "instances": [asdict(i) for i in instances], "cells": [c.id for c in cells]})
-    finished = {c.id for c in cells if store.read_result(out, c.id, c.key) is not None}
+    finished = {c.id for c in cells if store.is_finished(out, c.id)}
     pending = [c for c in cells if c.id not in finished]
     if max_cells is not None:
         pending = pending[:max(int(max_cells), 0)]
     needed = {c.run_dir for c in pending}
     to_train = [i for i in instances if i.train and i.run_dir in needed and not model_done(i.run_dir)]
-    state = {"done": len(finished), "failed": 0, "ran": 0}
+    skipped = len(finished)
+    state = {"done": skipped, "failed": 0, "ran": 0}
     run_name, n_workers = "none", 0
     if pending:
         pool = make_runner(runner, workers=workers, address=address, threads=cfg.run.threads_per_cell)
@@ -102,18 +103,19 @@ def run_sweep(
             broken = _train(pool, to_train, progress)
             gpus = cfg.run.gpus_per_cell
             gpus = (1.0 if pool.has_gpu() else 0.0) if gpus == "auto" else float(gpus)
-            bar = tqdm(total=len(cells), initial=len(finished), desc=f"sweep {cfg.name}", unit="cell",
+            bar = tqdm(total=len(cells), initial=skipped, desc=f"sweep {cfg.name}", unit="cell",
                        disable=not progress)
 
             def stored(cell: dict[str, Any], res: dict[str, Any]) -> None:
                 if res.get("ok"):
                     store.write_result(out, cell, res)
+                    finished.add(cell["id"])
                     state["done"] += 1
                 else:
                     store.write_error(out, cell["id"], res.get("error", "failed"), res.get("traceback", ""))
                     state["failed"] += 1
                 state["ran"] += 1
-                bar.set_postfix(done=state["done"], failed=state["failed"], skipped=len(finished), refresh=False)
+                bar.set_postfix(done=state["done"], failed=state["failed"], skipped=skipped, refresh=False)
                 bar.update(1)
                 if after_cell is not None:
                     after_cell(cell["id"], bool(res.get("ok")))
@@ -134,10 +136,8 @@ def run_sweep(
         finally:
             pool.close()
     write_table(out, cells)
-    failed = [(c.id, store.read_error(out, c.id) or "") for c in cells
-              if c.id not in finished and store.read_result(out, c.id, c.key) is None
-              and (store.cell_dir(out, c.id) / "error.txt").is_file()]
-    summary = SweepSummary(cfg.name, str(out), len(cells), state["done"], len(failed), len(finished), state["ran"],
+    failed = [(c.id, err) for c in cells if c.id not in finished and (err := store.read_error(out, c.id)) is not None]
+    summary = SweepSummary(cfg.name, str(out), len(cells), state["done"], len(failed), skipped, state["ran"],
                            sum(len(v) for v in days.values()), len(instances), run_name, n_workers,
                            time.perf_counter() - t0)
     from lobsim.sweep.report import write_report

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-ROW_FIELDS = ("budget", "n", "a_test", "a_adv", "successes", "capital_mean", "cost_mean", "size_mean")
+ROW_FIELDS = ("budget", "n", "a_test", "a_adv", "successes", "capital_mean", "capital_median", "cost_mean",
+              "size_mean")
 
 
 @functools.lru_cache(maxsize=4)
@@ -70,21 +71,43 @@ def _in_sample(model: Any, day_path: str) -> bool:
     return any(_same_day_file(p, day_path) for i, p in enumerate(paths) if i in train_days)
 
 
+def _capital_attack(params: dict[str, Any], budget: float, fill_model: str, device: str, name: str) -> Any:
+    """The capital attack of a cell: ``method`` "gradient" (default: ``CapitalAttack``) or, through
+    ``lobsim.attacks.ensemble.make_capital_attack``, "ensemble" / "search". Unset parameters keep the library's
+    defaults."""
+    method = params.get("method", "gradient")
+    kw = {k: params[k] for k in ("max_iter", "restarts", "step_rule", "step_shares", "batch_size") if k in params}
+    if method == "gradient":
+        from lobsim.attacks.capital import CapitalAttack
+
+        return CapitalAttack(budget=budget, fill_model=fill_model, device=device, model_name=name, **kw)
+    from lobsim.attacks.ensemble import make_capital_attack
+
+    if "search_iter" in params:
+        kw["search_iter"] = params["search_iter"]
+    atk = make_capital_attack(method, budget=budget, device=device, model_name=name, **kw)
+    if getattr(atk, "fill_model", "touch") != fill_model:
+        if not hasattr(atk, "fill_model"):
+            raise ValueError(f"capital attack method {method!r} has no fill model setting (wanted {fill_model!r})")
+        atk.fill_model = fill_model
+    return atk
+
+
 def _rows_capital(model: Any, batch: Any, attack: dict[str, Any], fill_model: str, seed: int, device: str,
                   name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from lobsim.attacks.capital import CapitalAttack
+    """One capital-attack run at the largest budget; each budget's row from its records (a snippet counts as
+    fooled at budget c when the attack's returned orders fooled it at capital <= c)."""
     from lobsim.attacks.records import summarize
 
     budgets = attack["budgets"]
-    p = attack["params"]
-    atk = CapitalAttack(budget=max(budgets), max_iter=p.get("max_iter", 300), step_shares=p.get("step_shares", 0.1),
-                        batch_size=p.get("batch_size", 64), fill_model=fill_model, device=device, model_name=name)
+    atk = _capital_attack(attack["params"], max(budgets), fill_model, device, name)
     records = atk(model, batch, seed=seed)
     rows = []
     for b in budgets:
         s = summarize(records, b)
         rows.append({"budget": float(b), "n": s["n"], "a_test": s["a_test"], "a_adv": s["a_adv"],
-                     "successes": s["successes"], "capital_mean": s["capital_mean"], "cost_mean": s["cost_mean"],
+                     "successes": s["successes"], "capital_mean": s["capital_mean"],
+                     "capital_median": s.get("capital_median", float("nan")), "cost_mean": s["cost_mean"],
                      "size_mean": s["size_mean"]})
     return rows, [asdict(r) for r in records]
 
@@ -114,8 +137,9 @@ def _rows_random(model: Any, batch: Any, attack: dict[str, Any], fill_model: str
         sizes = relative_size(prop.delta, batch.sizes, batch.mask)
         rows.append({"budget": float(b), "n": int(y.size), "a_test": float(np.mean(clean == y)),
                      "a_adv": float(np.mean(pred == y)), "successes": int(won.sum()),
-                     "capital_mean": _mean_over(caps, won), "cost_mean": _mean_over(costs, won),
-                     "size_mean": _mean_over(sizes, won)})
+                     "capital_mean": _mean_over(caps, won),
+                     "capital_median": float(np.median(caps[won])) if won.any() else float("nan"),
+                     "cost_mean": _mean_over(costs, won), "size_mean": _mean_over(sizes, won)})
     return rows
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 ATTACK_KINDS = ("capital", "random")
+CAPITAL_METHODS = ("gradient", "ensemble", "search")  # capital attack: CapitalAttack alone, or the issue-10 ensemble
 MODEL_KINDS = ("linear", "mlp", "lstm")
 SYNTHETIC_PRESETS = ("thick", "thin")
 DEFENSES = ("none",)
@@ -30,7 +31,8 @@ _MODEL_KEYS: dict[str, Any] = {"name": str, "run": str, "train": dict, "train_on
 _TRAIN_KEYS: dict[str, Any] = {"kind": str, "preset": str, "steps": int, "batch": int, "lr": _NUM,
                                "optimizer": str, "seed": int, "eval_n": int}
 _ATTACK_PARAMS: dict[str, dict[str, Any]] = {
-    "capital": {"max_iter": int, "step_shares": _NUM, "batch_size": int},
+    "capital": {"method": str, "max_iter": int, "restarts": int, "step_rule": str, "step_shares": _NUM,
+                "search_iter": int, "batch_size": int},
     "random": {"max_shares": int, "lot": int},
 }
 _ATTACK_KEYS: dict[str, Any] = {"name": str, "kind": str, "budgets": list, "n": int}
@@ -206,6 +208,8 @@ def _attack(src: str, i: int, t: dict[str, Any]) -> AttackSpec:
     if t.get("n", 1) < 1:
         raise ValueError(f"{src}: {where}: n (snippets per ticker-day) must be >= 1")
     params = {k: v for k, v in t.items() if k in _ATTACK_PARAMS[kind]}
+    if params.get("method", "gradient") not in CAPITAL_METHODS:
+        raise ValueError(f"{src}: {where}: method must be one of {CAPITAL_METHODS}, got {params['method']!r}")
     name = _name(src, where, t.get("name", kind))
     return AttackSpec(name=name, kind=kind, budgets=tuple(sorted({float(b) for b in budgets})), n=t.get("n", 64),
                       params=params)

@@ -75,7 +75,7 @@ def write_report(out: Path, df, summary: dict[str, Any], failed: list[tuple[str,
             clean = {r["model"]: r["a_test"] for r in mine}
             name = safe_name(f"curve_{attack}_{fill}_{defense}_{ticker}.png")
             p = fig_capital_curves(budgets, curves, rep / name, clean,
-                                   title=f"{ticker}: accuracy under {attack} vs capital ({fill} fill)")
+                                   title=f"{ticker}: accuracy under the {attack} attack vs budget ({fill} fill)")
             made.append(p)
             parts.append(f"![{ticker} {attack}]({p.name})\n")
     if failed:

@@ -94,25 +94,22 @@ class RayRunner:
         todo = list(items)
         limit = max(4 * self.workers, 8)
         pending: dict[Any, dict[str, Any]] = {}
-        try:
-            while todo or pending:
-                while todo and len(pending) < limit:
-                    item = todo.pop(0)
-                    pending[remote.remote(item)] = item
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    item = pending.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except Exception as exc:  # noqa: BLE001 - a crashed worker (OOM, segfault) fails that item only
-                        msg = " ".join(str(exc).split())[:500] or type(exc).__name__
-                        result = {"ok": False, "error": f"Ray task failed: {type(exc).__name__}: {msg}",
-                                  "traceback": str(exc)}
-                    on_result(item, result)
-        except BaseException:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            raise
+        # On Ctrl-C the exception leaves this loop; close() (ray.shutdown) then stops the workers of a Ray
+        # started here. Tasks in flight on a joined cluster finish there and are run again on the next call.
+        while todo or pending:
+            while todo and len(pending) < limit:
+                item = todo.pop(0)
+                pending[remote.remote(item)] = item
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                item = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - a crashed worker (OOM, segfault) fails that item only
+                    msg = " ".join(str(exc).split())[:500] or type(exc).__name__
+                    result = {"ok": False, "error": f"Ray task failed: {type(exc).__name__}: {msg}",
+                              "traceback": str(exc)}
+                on_result(item, result)
 
     def close(self) -> None:
         if self.started:

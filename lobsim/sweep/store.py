@@ -21,6 +21,12 @@ def cell_dir(out: Path, cell_id: str) -> Path:
     return out / "cells" / cell_id
 
 
+def is_finished(out: Path, cell_id: str) -> bool:
+    """A cell is finished when its result.json exists: it is written last and atomically, and the cell's name
+    ends with the hash of its key, so a changed cell has another folder."""
+    return (cell_dir(out, cell_id) / "result.json").is_file()
+
+
 def read_result(out: Path, cell_id: str, key: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The finished result of a cell, or None (absent, unreadable, or computed for another key)."""
     path = cell_dir(out, cell_id) / "result.json"

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from data_loaders.rundir import atomic_write_bytes, atomic_write_text
+from lobsim.sweep.cell import ROW_FIELDS
 from lobsim.sweep.plan import Cell
 from lobsim.sweep.store import read_result
 
-COLUMNS = ("cell", "market", "ticker", "date", "model", "instance", "in_sample", "attack", "kind", "fill_model",
-           "defense", "budget", "n", "a_test", "a_adv", "successes", "capital_mean", "cost_mean", "size_mean")
+CELL_COLUMNS = ("cell", "market", "ticker", "date", "model", "instance", "in_sample", "attack", "kind", "fill_model",
+                "defense")
+COLUMNS = CELL_COLUMNS + ROW_FIELDS
 TIMING_COLUMNS = ("cell", "seconds", "cpu_seconds", "rss_before_mb", "max_rss_mb", "source_bytes", "grid_bytes",
                   "batch_bytes", "steps", "snippets")
 
@@ -33,7 +35,7 @@ def collect_rows(out: Path, cells: Sequence[Cell]) -> tuple[list[dict[str, Any]]
             rows.append({"cell": c.id, "market": c.day.market, "ticker": c.day.ticker, "date": c.day.date,
                          "model": c.model, "instance": c.instance, "in_sample": bool(info.get("in_sample", False)),
                          "attack": c.attack["name"], "kind": c.attack["kind"], "fill_model": c.fill_model,
-                         "defense": c.defense, **{k: r[k] for k in COLUMNS[11:]}})
+                         "defense": c.defense, **{k: r.get(k) for k in ROW_FIELDS}})
         timings.append({"cell": c.id, **{k: resources.get(k) for k in TIMING_COLUMNS[1:5]},
                         **{k: info.get(k) for k in TIMING_COLUMNS[5:]}})
     return rows, timings

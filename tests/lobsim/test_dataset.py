@@ -173,10 +173,13 @@ def test_bad_inputs_are_named() -> None:
 
 
 def test_session_window() -> None:
+    # A defaulted start is None (resample starts at the first 09:30 + k dt after the first message) unless the day
+    # has a message at or before 09:30 (then 09:30 itself).
     full = np.array([34200.015, 40000.0, 57599.8])
-    assert session_window(full, None, None) == (34200.015, 37800.0)
+    assert session_window(full, None, None) == (None, 37800.0)
+    assert session_window(np.array([34199.5, 40000.0]), None, None) == (34200.0, 37800.0)
     short = np.array([34300.0, 35000.0])
-    assert session_window(short, None, None) == (34300.0, 35000.0)
+    assert session_window(short, None, None) == (None, 35000.0)
     assert session_window(full, 36000.0, 36600.0) == (36000.0, 36600.0)
 
 

@@ -106,6 +106,8 @@ def local_table(world, tmp_path_factory) -> tuple[Path, bytes]:
      '[[attacks]]\nkind="random"\nbudgets=[1]', "two \\[\\[markets\\]\\] entries are named 'm'"),
     ('[[markets]]\nname="m"\ndata=["d"]\n[[models]]\nname="a"\nrun="r"\n'
      '[[attacks]]\nkind="random"\nbudgets=[1]\n[run]\ngroup="week"', r"\[run\]: group must be 'cell' or 'day'"),
+    ('[[markets]]\nname="m"\ndata=["d"]\n[[models]]\nname="a"\nrun="r"\n'
+     '[[attacks]]\nkind="capital"\nbudgets=[1]\nmethod="magic"', "method must be one of"),
     ('name = "x"\nname = "y"', "not valid TOML"),
 ])
 def test_config_errors_name_file_table_and_key(tmp_path: Path, text: str, match: str) -> None:

@@ -181,7 +181,7 @@ def test_accuracy_table_layout_and_duplicates() -> None:
     assert lines[2] == "| F | 36.56 ± 0.48 | 36.56 ± 0.48 | - | - |"
     assert lines[3] == "| GE | - | - | 36.56 ± 0.48 | - |"
     assert "binomial standard error" in md and len(rows) == 3
-    with pytest.raises(ValueError, match="both fill the cell F / MLP"):
+    with pytest.raises(ValueError, match="both fill .*F / MLP"):
         accuracy_table(runs + [dict(runs[0], run="d")])
     # Block-bootstrap evaluations: block SE, paired difference to the best constant, and input sets as columns.
     blk = dict(ev, stderr=0.02, se_kind="block bootstrap", block=700, best_constant={"class": 1, "accuracy": 0.34},
@@ -301,3 +301,33 @@ def test_old_swa_only_model_files_load_and_book_logits_agree(momentum_market: Ma
     np.testing.assert_allclose(book.numpy(), multi.predict_logits(momentum_market, day, start), atol=2e-4)
     with pytest.raises(ValueError, match="not SWA alone"):
         multi.logits_from_swa(torch.zeros(2, FEATS.window))
+
+
+def test_attacks_reach_every_input_channel(momentum_market: Market, tmp_path: Path) -> None:
+    """Through logits_from_book (the attacks' only entry) size perturbations move a multi-channel model's logits,
+    with gradients equal to finite differences; price-only channels (mid, spread) alone get none."""
+    from lobsim.attacks.capital import book_tensors, evaluate_orders, logits_of
+
+    multi = train(_cfg("mlp", 10, model={"hidden": [16]}, inputs=["imbalance", "depth", "mid", "spread"]),
+                  momentum_market, tmp_path / "m", progress=False)
+    batch = momentum_market.batch(*momentum_market.test_refs(4, seed=3))
+    P, S, M = book_tensors(batch, dtype=torch.float64)
+    multi.model.double()
+    s = S.clone().requires_grad_(True)
+    logits_of(multi, P, s, M)[:, 0].sum().backward()
+    g = s.grad
+    assert g[M].abs().sum() > 0 and torch.all(g[~M] == 0)
+    b, t, side, lvl = 1, FEATS.window - 1, 1, 0  # the best ask of the last step: imbalance and depth move
+    e = torch.zeros_like(S)
+    e[b, t, side, lvl] = 1e-3
+    with torch.no_grad():
+        fd = (logits_of(multi, P, S + e, M)[b, 0] - logits_of(multi, P, S - e, M)[b, 0]) / 2e-3
+    assert float(fd) == pytest.approx(float(g[b, t, side, lvl]), rel=1e-4, abs=1e-9)
+    multi.model.float()
+    orders = np.zeros(batch.prices.shape, np.int64)
+    pred, delta = evaluate_orders(multi, batch, orders)
+    np.testing.assert_array_equal(pred, multi.predict(momentum_market, batch.day, batch.start))
+    prices_only = train(_cfg("linear", 5, inputs=["mid", "spread"]), momentum_market, tmp_path / "p", progress=False)
+    s = S.float().clone().requires_grad_(True)
+    out = logits_of(prices_only, P.float(), s, M)
+    assert not out.requires_grad or torch.autograd.grad(out.sum(), s, allow_unused=True)[0] is None

@@ -151,12 +151,13 @@ def test_median_estimator_converges_to_the_exact_bound():
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
     x = torch.rand(4, 1, 6, 6)
     c = torch.randn(4, 2, 3)
-    exact = DualNetwork(net, x, 0.1).objective(c).detach()
-    errs = []
-    for r in (8, 400):
-        est = DualNetwork(net, x, 0.1, proj=r, generator=torch.Generator().manual_seed(2)).objective(c).detach()
-        errs.append(float(((est - exact) / exact.abs()).abs().median()))
-    assert errs[1] < errs[0] and errs[1] < 0.05
+    for norm in ("linf", "l2"):                    # Cauchy projections for l1 norms, Gaussian for the l2 norm
+        exact = DualNetwork(net, x, 0.1, norm=norm).objective(c).detach()
+        errs = []
+        for r in (8, 400):
+            est = DualNetwork(net, x, 0.1, norm=norm, proj=r, generator=torch.Generator().manual_seed(2))
+            errs.append(float(((est.objective(c).detach() - exact) / exact.abs()).abs().median()))
+        assert errs[1] < errs[0] and errs[1] < 0.05
 
 
 def test_robust_loss_upper_bounds_the_loss_at_pgd_points_and_certificates_hold():

@@ -23,6 +23,20 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
+def _teacher_dir(path, num_classes=10, seed=0):
+    """A teacher run directory made by hand: an untrained mnist_small on 8x8 digits (the tests need its logits,
+    not its accuracy)."""
+    from data_loaders.rundir import save_weights, write_json
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True)
+    write_json(path / "config.json", {"dataset": "digits", "eps": 0.1, "root": None})
+    write_json(path / "metrics.json", {"model_name": "mnist_small", "num_classes": num_classes,
+                                       "input_shape": [1, 8, 8]})
+    save_weights(path / "weights.safetensors", build_model("mnist_small", num_classes, 1, 8).state_dict())
+    return path
+
+
 def _sgd_update(model, lr=0.05):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
 
@@ -123,12 +137,8 @@ def test_efficiency_meters_against_closed_forms():
 
 def test_distill_run_and_errors(tmp_path):
     from vision.distill.run import DistillConfig, distill_run
-    from vision.train import VisionTrainConfig, train_run
 
-    teacher_dir = tmp_path / "teacher"
-    train_run(VisionTrainConfig(dataset="digits", model="mnist_small", epochs=1, batch_size=128, optimizer="adam",
-                                lr_max=5e-3, weight_decay=0, n_train=400, n_test=50, eps=0.1, eval_steps=2,
-                                device="cpu"), teacher_dir, progress=False)
+    teacher_dir = _teacher_dir(tmp_path / "teacher")
     cfg = DistillConfig(method="fast-ard", teacher=str(teacher_dir), dataset="digits", eps=0.1, epochs=1,
                         batch_size=100, optimizer="adam", lr=5e-3, weight_decay=0, n_train=300, n_test=50,
                         eval_steps=2, replays=2, temperature=4, device="cpu")
@@ -141,13 +151,7 @@ def test_distill_run_and_errors(tmp_path):
     with pytest.raises(ValueError, match="drop --teacher"):
         distill_run(DistillConfig(method="at", teacher=str(teacher_dir), dataset="digits"), tmp_path / "x",
                     progress=False)
-    # a teacher whose classes do not match the data: a hand-made run directory of a 3-class model
-    from data_loaders.rundir import save_weights, write_json
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    write_json(odd / "config.json", {"dataset": "digits", "eps": 0.1, "root": None})
-    write_json(odd / "metrics.json", {"model_name": "mnist_small", "num_classes": 3, "input_shape": [1, 8, 8]})
-    save_weights(odd / "weights.safetensors", build_model("mnist_small", 3, 1, 8).state_dict())
+    odd = _teacher_dir(tmp_path / "odd", num_classes=3)  # a teacher whose classes do not match the data
     with pytest.raises(ValueError, match="teacher has 3 outputs"):
         distill_run(DistillConfig(method="kd", teacher=str(odd), dataset="digits", device="cpu"), tmp_path / "y",
                     progress=False)
@@ -159,11 +163,7 @@ def test_cli_distill_train_and_table(tmp_path):
     from cli import main
 
     runner = CliRunner()
-    teacher = tmp_path / "teacher"
-    res = runner.invoke(main, ["vision", "train", "--dataset", "digits", "--epochs", "1", "--optimizer", "adam",
-                               "--lr-max", "5e-3", "--n-train", "300", "--n-test", "50", "--eps", "0.1", "--device",
-                               "cpu", "--quiet", "--out", str(teacher)])
-    assert res.exit_code == 0, res.output
+    teacher = _teacher_dir(tmp_path / "teacher")
     student = tmp_path / "ard"
     common = ["--dataset", "digits", "--eps", "0.1", "--epochs", "1", "--n-train", "200", "--n-test", "50",
               "--eval-steps", "2", "--attack-steps", "2", "--optimizer", "adam", "--lr", "5e-3", "--device", "cpu",
@@ -185,8 +185,8 @@ def test_cli_distill_train_and_table(tmp_path):
     study = tmp_path / "study"
     res = runner.invoke(main, ["vision", "distill", "table", "--dataset", "digits", "--teacher-model", "mnist_small",
                                "--eps", "0.1", "--attack-steps", "1", "--teacher-attack-steps", "1", "--replays", "2",
-                               "--teacher-epochs", "1", "--student-epochs", "2", "--n-train", "100", "--n-test", "40",
-                               "--eval-steps", "3",
+                               "--teacher-epochs", "1", "--student-epochs", "2", "--n-train", "64", "--n-test", "30",
+                               "--eval-steps", "2", "--batch-size", "32",
                                "--temperature", "4", "--device", "cpu", "--quiet", "--threads", "1",
                                "--out", str(study)])
     assert res.exit_code == 0, res.output
