@@ -267,7 +267,12 @@ def fewshot_evaluate(run, shots, attacks, quiet, **opts) -> None:
 @click.option("--episodes-per-batch", type=int, default=4, show_default=True)
 @click.option("--batches", type=int, default=40, show_default=True, help="Batches per epoch.")
 @click.option("--epochs", type=int, default=2, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine schedule).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default="adam", show_default=True,
+              help="sgd = Nesterov SGD, momentum 0.9.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--schedule", type=click.Choice(["cosine", "constant", "metaoptnet"]), default="cosine",
+              show_default=True, help="metaoptnet = x1 / 0.06 / 0.012 / 0.0024 from epochs 0 / 20 / 40 / 50.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--per-class", type=int, default=600, show_default=True, help="Images per class, 0 = all.")
 @click.option("--shots", default="1,5", show_default=True, help="Evaluation shots.")
 @click.option("--query", type=int, default=10, show_default=True, help="Evaluation queries per class.")

@@ -10,7 +10,7 @@ import numpy as np
 
 from vision.studies.common import _save_figure
 
-__all__ = ["histograms", "scatter_identity"]
+__all__ = ["histograms", "scatter_identity", "xy_lines"]
 
 
 def histograms(path: str | Path, series: dict[str, Sequence[float]], title: str = "", xlabel: str = "",
@@ -53,6 +53,28 @@ def scatter_identity(path: str | Path, x: Sequence[float], y: Sequence[float], t
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save_figure(fig, path)
+
+
+def xy_lines(path: str | Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str = "",
+             xlabel: str = "", ylabel: str = "", logx: bool = False) -> Path:
+    """Named curves, each with its own x values (e.g. one per network family over its widths)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for name, (xs, ys) in curves.items():
+        ax.plot(list(xs), list(ys), marker="o", markersize=3, label=name)
+    if logx:
+        ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     return _save_figure(fig, path)
