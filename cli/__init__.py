@@ -6,6 +6,7 @@ registers them all.
 
 import cli.vision_distill_cmds  # noqa: F401  (registers the commands)
 import cli.vision_suite_cmds  # noqa: F401  (registers the commands)
+import cli.vision_theory_cmds  # noqa: F401  (registers the commands)
 from cli import data_cmds, lob_cmds, sweep_cmds, vision_certify_cmds, vision_cmds, vision_studies_cmds  # noqa: F401  (registers the commands)
 from cli.app import main
 

@@ -178,6 +178,9 @@ def wasserstein() -> None:
               help="Cost exponent: (di^2 + dj^2)^(p/2).")
 @click.option("--sinkhorn-iters", type=click.IntRange(min=1), default=50, show_default=True,
               help="Projected Sinkhorn iterations per step.")
+@click.option("--clamp", is_flag=True,
+              help="The reference code's behaviour, for comparison: no pixel ceiling in the projection, clamp to "
+                   "[0, 1] after it (removes mass: results can leave the ball).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Images per batch.")
 @click.option("--dataset", default=None, help="Attack another dataset than the run's (same image shape).")
 @click.option("--root", type=click.Path(), default=None, help="Root of --dataset.")

@@ -16,10 +16,12 @@ order-level book (order ids, FIFO queue per price):
   ``hidden_rate``; they do not change the visible book.
 
 Planted signal (not part of the pure zero-intelligence model, and said so in docs/synthetic-market.md): a
-hidden two-state order-flow regime r = +-1 switches at rate ``regime_rate``; a market order is a buy with
-probability 0.5 + 0.5 * ``flow_bias`` * r. This makes order-flow imbalance persistent over tens of seconds,
-as order signs are in real markets, so recent executions and price moves carry mild information about the next
-seconds. Set ``flow_bias=0`` for the pure model.
+hidden two-state informed order-flow regime r = +-1 switches at rate ``regime_rate`` (0.005/s in the default
+presets: regimes last minutes); a market order is a buy with probability 0.5 + 0.5 * ``flow_bias`` * r (minus a
+pull back to the opening price), and a limit order is a bid with probability 0.5 + 0.5 * ``limit_bias`` * r
+(0 in every preset). Prices, SWA and queues drift in the regime's direction for minutes, which models can learn;
+:func:`regime_path` gives the regime for an oracle. ``thick-zi`` / ``thin-zi`` are the earlier defaults (a
+20 s regime, byte for byte). Set ``flow_bias=0`` for the pure model.
 
 Output follows LOBSTER exactly: a message file (Time, Type, OrderID, Size, Price, Direction; no header;
 time in seconds after midnight with 9 decimals) and an orderbook file (AskPrice_i, AskSize_i, BidPrice_i,

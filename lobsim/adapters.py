@@ -268,3 +268,119 @@ register(Adapter("depth", False, lambda levels: 2, _depth_t, _depth_np,
                  channel_names=lambda levels: ["depth_bid", "depth_ask"]))
 register(Adapter("spread", False, _one, _spread_t, _spread_np,
                  "best ask - best bid, $ (0 when a side is empty)"))
+
+
+# -- raw top-L sizes and prices, depth-weighted imbalance, order-flow imbalance (issue 12: users' own models) -------
+
+
+def _levels_names(kind: str) -> Callable[[int], list[str]]:
+    return lambda levels: [f"{side}_{kind}{j + 1}" for side in ("bid", "ask") for j in range(levels)]
+
+
+def _sizes_np(prices: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    _, _, s = _np_masked(prices, sizes)
+    return s.reshape(s.shape[:-2] + (-1,))
+
+
+def _sizes_t(P: torch.Tensor, S: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    _, _, s = _t_masked(P, S, M)
+    return s.reshape(s.shape[:-2] + (-1,))
+
+
+def _fill_prices(p, m, where):
+    """Masked levels take the nearest real price on their side (shallower first, then deeper); a side without any
+    real level takes the other side's (filled) best price. Works for numpy and torch (``where``)."""
+    L = p.shape[-1]
+    cols, have = [p[..., j] for j in range(L)], [m[..., j] for j in range(L)]
+    for j in range(1, L):  # forward fill from the best level down
+        cols[j] = where(have[j], cols[j], cols[j - 1])
+        have[j] = have[j] | have[j - 1]
+    for j in range(L - 2, -1, -1):  # a masked best level takes the nearest deeper real price
+        cols[j] = where(have[j], cols[j], cols[j + 1])
+        have[j] = have[j] | have[j + 1]
+    side_ok = have[0]  # (..., 2): the side has a real level
+    best = cols[0]
+    other = best[..., ::-1] if isinstance(best, np.ndarray) else best.flip(-1)
+    fill = [where(side_ok, c, other) for c in cols]
+    return fill, side_ok
+
+
+def _prices_np(prices: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    m, p, _ = _np_masked(prices, sizes)
+    cols, ok = _fill_prices(p, m, np.where)
+    if np.any(~ok.any(axis=-1)):
+        raise ValueError(f"prices: snapshot {_first_bad(~ok.any(axis=-1))} has no real price level")
+    out = np.stack(cols, axis=-1)  # (..., 2, L)
+    return out.reshape(out.shape[:-2] + (-1,))
+
+
+def _prices_t(P: torch.Tensor, S: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    M, p, _ = _t_masked(P, S, M)
+    cols, _ = _fill_prices(p, M, torch.where)
+    out = torch.stack(cols, dim=-1)
+    return out.reshape(out.shape[:-2] + (-1,))
+
+
+def _level_weights(L: int) -> np.ndarray:
+    return 1.0 / (1.0 + np.arange(L, dtype=np.float64))
+
+
+def _wimb_np(prices: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    _, _, s = _np_masked(prices, sizes)
+    d = (s * _level_weights(s.shape[-1])).sum(axis=-1)
+    return _safe_div_np(d[..., BID] - d[..., ASK], d[..., BID] + d[..., ASK])[..., None]
+
+
+def _wimb_t(P: torch.Tensor, S: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    _, _, s = _t_masked(P, S, M)
+    w = torch.as_tensor(_level_weights(s.shape[-1]), dtype=s.dtype, device=s.device)
+    d = (s * w).sum(dim=-1)
+    return _safe_div_t(d[..., BID] - d[..., ASK], d[..., BID] + d[..., ASK]).unsqueeze(-1)
+
+
+def _ofi_parts(pb, pa, qb, qa, ge, le, zero_first):
+    """Cont-Kukanov-Stoikov order-flow imbalance between consecutive snapshots along axis -1 (time last)."""
+    e = (ge(pb[..., 1:], pb[..., :-1]) * qb[..., 1:] - le(pb[..., 1:], pb[..., :-1]) * qb[..., :-1]
+         - le(pa[..., 1:], pa[..., :-1]) * qa[..., 1:] + ge(pa[..., 1:], pa[..., :-1]) * qa[..., :-1])
+    return zero_first(e)
+
+
+def _ofi_np(prices: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    if prices.ndim < 3:
+        raise ValueError("ofi: needs a time axis, books (..., T, 2, L)")
+    m, _, s = _np_masked(prices, sizes)
+    p = prices.astype(np.float64)  # empty levels keep LOBSTER's dummies: -9999999999 bid, +9999999999 ask
+    pb, pa = p[..., BID, 0], p[..., ASK, 0]
+    qb, qa = s[..., BID, 0], s[..., ASK, 0]
+    pb = np.where(m[..., BID, 0], pb, -np.inf)
+    pa = np.where(m[..., ASK, 0], pa, np.inf)
+    ge = lambda a, b: (a >= b).astype(np.float64)  # noqa: E731
+    le = lambda a, b: (a <= b).astype(np.float64)  # noqa: E731
+    first = lambda e: np.concatenate([np.zeros(e.shape[:-1] + (1,)), e], axis=-1)  # noqa: E731
+    return _ofi_parts(pb, pa, qb, qa, ge, le, first)[..., None]
+
+
+def _ofi_t(P: torch.Tensor, S: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    M, _, s = _t_masked(P, S, M)
+    inf = torch.tensor(float("inf"), dtype=P.dtype, device=P.device)
+    pb = torch.where(M[..., BID, 0], P[..., BID, 0], -inf).detach()  # prices enter through indicators only
+    pa = torch.where(M[..., ASK, 0], P[..., ASK, 0], inf).detach()
+    ge = lambda a, b: (a >= b).to(s.dtype)  # noqa: E731
+    le = lambda a, b: (a <= b).to(s.dtype)  # noqa: E731
+    first = lambda e: torch.cat([torch.zeros_like(e[..., :1]), e], dim=-1)  # noqa: E731
+    return _ofi_parts(pb, pa, s[..., BID, 0], s[..., ASK, 0], ge, le, first).unsqueeze(-1)
+
+
+register(Adapter("sizes", False, lambda levels: 2 * levels, _sizes_t, _sizes_np,
+                 "raw shares on each of the top-L levels: bid levels 1..L, then ask levels 1..L (0 where empty)",
+                 channel_names=_levels_names("size")))
+register(Adapter("prices", True, lambda levels: 2 * levels, _prices_t, _prices_np,
+                 "raw prices of the top-L levels, $: bid levels 1..L, then ask levels 1..L; an empty level takes the "
+                 "nearest real price of its side (the other side's best when a side is empty)",
+                 channel_names=_levels_names("price")))
+register(Adapter("weighted_imbalance", False, _one, _wimb_t, _wimb_np,
+                 "depth-weighted imbalance, level j (1 = best) weighted 1/j: sum w (bid - ask) / sum w (bid + ask)"))
+register(Adapter("ofi", False, _one, _ofi_t, _ofi_np,
+                 "order-flow imbalance at the best level between consecutive grid steps (Cont, Kukanov and Stoikov "
+                 "2014), shares; 0 at a window's first step. Prices enter only through which quote moved: no price "
+                 "gradient"))

@@ -102,10 +102,18 @@ def gradient_mode(trained: Any) -> Iterator[None]:
         yield
 
 
-def logits_of(trained: SwaClassifier, P: torch.Tensor, S: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """Model logits for books (P, S, M) (sizes may include a perturbation)."""
+def logits_of(trained: SwaClassifier, P: torch.Tensor, S: torch.Tensor, M: torch.Tensor,
+              centre: torch.Tensor | None = None) -> torch.Tensor:
+    """Model logits for books (P, S, M) (sizes may include a perturbation).
+
+    ``centre`` (B,) float64: each snippet's price centre (absolute dollars = centre + P). It is passed on only to
+    models that set ``needs_centre = True`` (a user's model reading absolute prices or returns, issue 12)."""
     book = getattr(trained, "logits_from_book", None)
     if book is not None:
+        if getattr(trained, "needs_centre", False):
+            if centre is None:
+                raise ValueError("this model reads absolute prices: the caller must pass each snippet's price centre")
+            return book(P, S, M, centre=centre)
         return book(P, S, M)
     from lobsim.features import swa_torch
 

@@ -13,7 +13,9 @@ An objective turns model outputs into three things, all per snippet:
 
 Classification: :class:`Untargeted` (default: fooled when the prediction differs from the label) and
 :class:`Targeted` (fooled when the prediction is the target class). Regression forecasts (issue 12):
-:class:`ForecastShift` (fooled when the forecast moves by more than a threshold, or crosses zero).
+:class:`ForecastShift` (fooled when the forecast moves by more than a threshold, or crosses zero). A user's
+classifier with any number of classes: :class:`PredictionChange` (fooled when its call changes, or moves to a
+target class).
 """
 
 from __future__ import annotations
@@ -150,6 +152,40 @@ class ForecastShift(Objective):
 
     def describe(self) -> str:
         return f"forecast:{self.mode}:{self.threshold:g}"
+
+
+@dataclass
+class PredictionChange(Objective):
+    """Classifiers with any number of classes, no true labels needed (issue 12): fooled when the predicted class
+    differs from the clean prediction (``target=None``: every snippet is eligible), or equals ``target`` (only
+    snippets not already predicted as the target are attacked)."""
+
+    target: int | None = None
+    name = "change"
+
+    def __post_init__(self) -> None:
+        if self.target is not None and int(self.target) < 0:
+            raise ValueError(f"PredictionChange: target must be a class index >= 0, got {self.target}")
+
+    def reference(self, clean_outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.target is None:
+            return clean_outputs.argmax(dim=1)
+        return torch.full((clean_outputs.shape[0],), int(self.target), dtype=torch.long, device=clean_outputs.device)
+
+    def margin(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        own = outputs.gather(1, y[:, None])[:, 0]
+        return _other_max(outputs, y) - own if self.target is None else own - _other_max(outputs, y)
+
+    def fooled(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return outputs.argmax(dim=1) != y if self.target is None else outputs.argmax(dim=1) == y
+
+    def eligible(self, clean_outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.target is None:
+            return torch.ones(clean_outputs.shape[0], dtype=torch.bool, device=clean_outputs.device)
+        return clean_outputs.argmax(dim=1) != int(self.target)
+
+    def describe(self) -> str:
+        return "change" if self.target is None else f"change:target={self.target}"
 
 
 def make_objective(name: str | Objective | None) -> Objective:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lobsim.attacks.capital import book_tensors, gradient_mode, logits_of
+from lobsim.attacks.capital import book_tensors_centred, gradient_mode, logits_of
 from lobsim.attacks.objectives import Objective
 from lobsim.attacks.records import AttackRecord, sparse_orders
 from lobsim.attacks.workspace import Found, Tracker, Workspace, differentiable
@@ -39,9 +39,9 @@ def verify(model: Any, batch: SnippetBatch, objective: Objective, y: torch.Tenso
     from lobsim.propagation import propagate
 
     prop = propagate(orders, batch, fill_model=fill_model)
-    P, S, M = book_tensors(batch, device)
+    P, S, M, centre = book_tensors_centred(batch, device)
     with torch.no_grad(), gradient_mode(model):
-        out = logits_of(model, P, S + torch.as_tensor(prop.delta, dtype=S.dtype, device=device), M).detach()
+        out = logits_of(model, P, S + torch.as_tensor(prop.delta, dtype=S.dtype, device=device), M, centre).detach()
     return objective.fooled(out, y.to(out.device)).cpu().numpy(), out, prop
 
 
@@ -79,7 +79,7 @@ def run_members(model: Any, batch: SnippetBatch, members: Sequence[Any], *, budg
 def _chunk(ws: Workspace, members: Sequence[Any], budget: float, objective: Objective, seed: int, c: int,
            fill_model: str, device: str, scope: str, model_name: str) -> list[AttackRecord]:
     elig = np.flatnonzero(ws.eligible)
-    wsE = ws.select(elig) if elig.size < ws.n else ws
+    wsE = ws.select(elig) if 0 < elig.size < ws.n else ws  # no eligible row: members have nothing to do
     trackers: dict[str, tuple[Tracker, np.ndarray]] = {}  # member -> (tracker over its rows, rows in wsE)
     best = np.full(elig.size, np.inf)
     for m in members:

@@ -67,8 +67,8 @@ class Workspace:
         self.kernels = StepKernels(self.op._key if self.op.backend == "numba" else None, self.P.view(B, -1),
                                    self.centre, self.M.view(B, -1))
         with torch.no_grad(), gradient_mode(model):  # the general path, a few snippets at a time
-            self.clean = torch.cat([logits_of(model, self.P[i:i + 8], self.S[i:i + 8], self.M[i:i + 8]).detach()
-                                    for i in range(0, B, 8)])
+            self.clean = torch.cat([logits_of(model, self.P[i:i + 8], self.S[i:i + 8], self.M[i:i + 8],
+                                              self.centre[i:i + 8]).detach() for i in range(0, B, 8)])
         labels = torch.as_tensor(labels_np, device=self.clean.device)
         self.y = objective.reference(self.clean, labels)
         self.eligible = objective.eligible(self.clean, labels).cpu().numpy()
@@ -87,7 +87,7 @@ class Workspace:
         a4 = a.view(self.shape)
         if self.fused is not None:
             return self.model.logits_from_swa(self.fused(a4))
-        return logits_of(self.model, self.P, self.S + self.op(a4), self.M)
+        return logits_of(self.model, self.P, self.S + self.op(a4), self.M, self.centre)
 
     def outputs(self, a: torch.Tensor) -> torch.Tensor:
         """Model outputs (B, C) for the books plus the propagated orders a (B, N) (no gradient)."""
@@ -122,7 +122,7 @@ class Workspace:
             delta = propagate(orders, self._exact_batch, fill_model=self.fill_model).delta
             with torch.no_grad(), gradient_mode(self.model):
                 S = self.S + torch.as_tensor(delta, dtype=self.S.dtype, device=self.device)
-                out = logits_of(self.model, self.P, S, self.M).detach()
+                out = logits_of(self.model, self.P, S, self.M, self.centre).detach()
         return self.fooled(out), self.margin(out)
 
     # -- bookkeeping ------------------------------------------------------------------------------------------------

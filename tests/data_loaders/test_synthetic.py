@@ -394,9 +394,9 @@ def _hour_facts(msgs: np.ndarray, book: np.ndarray) -> dict:
 # The bounds stated in docs/synthetic-market.md ("Stylized facts: stated bounds").
 FACT_BOUNDS = {
     "thick": dict(spread=(1.0, 1.2), depth=(12_000, 40_000), msgs=(40_000, 100_000), execs=(6_000, 20_000),
-                  ac10=(-0.35, 0.45), kurt1=(6.0, np.inf)),
+                  ac10=(-0.35, 0.40), kurt1=(6.0, np.inf)),
     "thin": dict(spread=(3.0, 30.0), depth=(700, 3_000), msgs=(12_000, 40_000), execs=(2_000, 9_000),
-                 ac10=(-0.35, 0.45), kurt1=(6.0, np.inf)),
+                 ac10=(-0.35, 0.40), kurt1=(6.0, np.inf)),
 }
 
 

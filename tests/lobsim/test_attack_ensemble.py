@@ -189,3 +189,14 @@ def test_bad_settings():
     with pytest.raises(ValueError, match="threshold"):
         ForecastShift(threshold=0.0)
     assert make_objective("targeted:up").target == 2
+
+
+def test_chunk_without_eligible_snippets(mlp_case):
+    """A model wrong on every snippet of a chunk: nothing is attacked, every record says so (no crash)."""
+    batch, model = mlp_case
+    wrong = batch.select(range(batch.batch_size))
+    pred, _ = evaluate_orders(model, wrong, None)
+    wrong.labels = (pred + 1) % 3
+    recs = EnsembleAttack(budget=1e5, search_iter=20, batch_size=4)(model, wrong, seed=0)
+    assert len(recs) == wrong.batch_size
+    assert all(not r.attacked and not r.success and r.status == "misclassified_before" for r in recs)

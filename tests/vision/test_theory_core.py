@@ -27,7 +27,6 @@ from vision.theory.specialization import (
     specialization_counts,
 )
 
-
 # ---- teacher-student correlation --------------------------------------------------------------------------------
 
 def test_correlation_is_one_for_a_copy_and_invariant_to_permuting_hidden_nodes():

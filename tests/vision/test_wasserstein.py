@@ -78,6 +78,14 @@ def test_projection_of_a_point_inside_the_ball_and_the_pixel_ceiling():
     up = 1.3 * float(x.max())
     pr = project_wasserstein(x, w, 2.0, kernel=3, lam=1000.0, maxiter=300, upper=up)
     assert float(pr.z.max()) <= up * (1 + 1e-9) and float(pr.cost) <= 2.0
+    # a saturated pixel (x at the ceiling) next to a pushed one: the excess goes back, no degenerate blend
+    g = torch.Generator().manual_seed(5)
+    w = x + 0.5 * float(x.max()) * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    up = float(x.max())
+    pr = project_wasserstein(x, w, 0.3, kernel=3, lam=1000.0, maxiter=300, upper=up)
+    assert float(pr.z.max()) <= up * (1 + 1e-9) and float(pr.blend) > 0.5 and float(pr.cost) <= 0.3 * (1 + 1e-9)
+    assert float(pr.z.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float((pr.z - x).abs().sum()) > 0.01                          # it did move mass
 
 
 def test_attack_stays_in_the_ball_and_the_pixel_range():

@@ -74,7 +74,7 @@ class PropertiesConfig:
     root: str | None = None
     n_test: int = 1000
     # lemma61
-    l61_n_train: int = 1000
+    l61_n_train: int | None = 500
     l61_widths: tuple[int, ...] = (64, 64, 64)
     l61_linear_steps: int = 1000
     l61_linear_lr: float = 0.5
@@ -84,16 +84,16 @@ class PropertiesConfig:
     l61_inits: tuple[str, ...] = INITS
     hessian_iters: int = 100
     # norm-bias
-    nb_n_train: int = 2000
+    nb_n_train: int | None = 2000
     nb_net: str = "mlp"
     nb_width: int = 128
     nb_epochs: int = 10
     nb_lr: float = 0.05
     nb_wd: float = 5e-4
     nb_mu_factor: float = 1.1
-    nb_seeds: int = 3
+    nb_seeds: int = 5
     # rank
-    rank_n_train: int = 2000
+    rank_n_train: int | None = 2000
     rank_width: int = 8
     rank_epochs: int = 8
     rank_extra_epochs: int = 3
@@ -104,18 +104,19 @@ class PropertiesConfig:
     rank_adv: bool = True
     rank_eps: float = 8 / 255
     rank_eps_small: float = 1 / 255
-    rank_attack_steps: int = 7
-    rank_eval_steps: int = 20
+    rank_attack_steps: int = 5
+    rank_eval_steps: int = 10
     # ntk
-    ntk_n_train: int = 2000
+    ntk_n_train: int | None = 1000
     ntk_images: int = 25
     ntk_epochs: int = 3
     ntk_lr: float = 0.05
     ntk_wd: float = 5e-4
-    ntk_mlp_widths: tuple[int, ...] = (32, 128, 512)
+    ntk_mlp_widths: tuple[int, ...] = (32, 128, 256)
     ntk_conv_widths: tuple[int, ...] = (4, 8, 16)
     ntk_wrn_widths: tuple[int, ...] = (1, 2)
     batch_size: int = 128
+    figures: bool = True
     seed: int = 0
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -369,8 +370,9 @@ def _rank(cfg: PropertiesConfig, train: Any, test: Any, out: Path, progress: boo
                 f"{cfg.rank_max:g} s_max)); effective rank of the exact conv operator (FFT); mean effective rank at "
                 f"init {np.mean(list(init_rank.values())):.2f}")
     groups = list(init_rank)
-    bar_plot(out / "effective_rank.png", groups, {name: [r[g] for g in groups] for name, r in ranks.items()},
-             "Effective rank per layer", "||W||_* / ||W||_F")
+    if cfg.figures:
+        bar_plot(out / "effective_rank.png", groups, {name: [r[g] for g in groups] for name, r in ranks.items()},
+                 "Effective rank per layer", "||W||_* / ||W||_F")
     d = {r["method"]: r for r in rows}
     er = {m: d[m]["mean effective rank"] for m in d}
     claims.append(_claim("Initialisations have higher effective rank than trained models",
@@ -433,7 +435,7 @@ def _ntk(cfg: PropertiesConfig, train: Any, test: Any, out: Path, progress: bool
     write_table(out, "ntk", rows, f"Figs 6.1-6.5: empirical NTK on {cfg.ntk_images} test images before and after "
                 f"{cfg.ntk_epochs} epochs (SGD m 0.9, lr {cfg.ntk_lr:g}, wd {cfg.ntk_wd:g}, uniform He init)")
     fams = sorted({r["net"] for r in rows})
-    for metric in ("NTK correlation", "NTK relative change"):
+    for metric in ("NTK correlation", "NTK relative change") if cfg.figures else ():
         curves = {f: ([r["width"] for r in rows if r["net"] == f], [r[metric] for r in rows if r["net"] == f])
                   for f in fams}
         xy_lines(out / f"ntk_{metric.split()[-1]}.png", curves, f"{metric} vs width (Fig 6.1)", "width", metric,

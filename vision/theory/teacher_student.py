@@ -115,6 +115,7 @@ class TeacherStudentConfig:
     l1_eps: float = 10.0
     pca_components: int | None = None
     pooling: str = "positions"
+    figures: bool = True
     seed: int = 0
     device: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -322,7 +323,7 @@ def _plane_robust(student: nn.Module, teacher: nn.Module, x: Tensor, basis: Tens
 
 
 def _student_widths(cfg: TeacherStudentConfig) -> tuple[int, ...]:
-    return tuple(int(math.ceil(w * cfg.student_scale - 1e-9)) for w in cfg.pruned_widths)
+    return tuple(max(1, int(math.floor(w * cfg.student_scale + 0.5))) for w in cfg.pruned_widths)
 
 
 def _new_student(cfg: TeacherStudentConfig, c: int, k: int, seed: int, device: str) -> nn.Module:
@@ -464,8 +465,9 @@ def _run_images(cfg: TeacherStudentConfig, train: Any, test: Any, out: Path, reu
     basis = vecs[:, :r]
     res["pca"] = {"dimension": dim, "components": r, "explained %": float(100 * vals[:r].sum() / vals.sum()),
                   "eigenvalues": [float(v) for v in vals]}
-    line_plot(out / "pca_spectrum.png", list(range(1, dim + 1)), {"eigenvalue": [float(v) for v in vals]},
-              f"PCA of the {dim}-dim first-layer patches (Fig 2 left)", "component", "eigenvalue", logy=True)
+    if cfg.figures:
+        line_plot(out / "pca_spectrum.png", list(range(1, dim + 1)), {"eigenvalue": [float(v) for v in vals]},
+                  f"PCA of the {dim}-dim first-layer patches (Fig 2 left)", "component", "eigenvalue", logy=True)
     ty = torch.cat([teacher(train.x[s: s + 500].float().div(255.0)).argmax(1) for s in range(0, len(train), 500)])
     sw = cfg.seed + 1
     students: dict[str, dict[int, nn.Module]] = {}
@@ -565,7 +567,8 @@ def _run_images(cfg: TeacherStudentConfig, train: Any, test: Any, out: Path, reu
     write_table(out, "table4", rows4, "Table 4: robust accuracy (%) of teacher-student CCAT vs AT (Linf PGD); "
                 "ST-logit + Gaussian noise added for Fig 10")
     res["table4"] = t4
-    _figures(out, spec, students, cfg)
+    if cfg.figures:
+        _figures(out, spec, students, cfg)
     _image_claims(claims, t1, t2, t3, t4, spec, cfg)
     return res
 

@@ -52,13 +52,15 @@ class WassersteinPGD(Attack):
         p: cost exponent, C = (di^2 + dj^2)^(p/2).
         sinkhorn_iters: projected Sinkhorn iterations per step; ``tol``: its stopping tolerance.
         targeted: ``y`` is the target class.
+        clamp: the reference code's behaviour, for comparison: project without the pixel ceiling, then clamp to
+            [0, 1]. The clamp removes mass, so the result can leave the ball (``cost`` no longer certifies it).
     """
 
     norm = "wasserstein"
 
     def __init__(self, eps: float = 0.3, alpha: float = 0.1, steps: int = 200, eps_factor: float = 1.1,
                  eps_every: int = 10, kernel: int = 5, lam: float = 1000.0, p: float = 1.0,
-                 sinkhorn_iters: int = 50, tol: float = 1e-4, targeted: bool = False, *,
+                 sinkhorn_iters: int = 50, tol: float = 1e-4, targeted: bool = False, *, clamp: bool = False,
                  use_eval_mode: bool = True) -> None:
         super().__init__(targeted=targeted, use_eval_mode=use_eval_mode)
         if eps <= 0 or alpha <= 0 or steps < 1 or eps_factor < 1 or eps_every < 1:
@@ -69,6 +71,7 @@ class WassersteinPGD(Attack):
         self.eps_factor, self.eps_every = float(eps_factor), int(eps_every)
         self.kernel, self.lam, self.p = int(kernel), float(lam), float(p)
         self.sinkhorn_iters, self.tol = int(sinkhorn_iters), float(tol)
+        self.clamp = bool(clamp)
 
     @property
     def max_eps(self) -> float:
@@ -104,8 +107,9 @@ class WassersteinPGD(Attack):
                 w = xa.detach() + self.alpha * grad.sign()
                 m = mass[act].view(-1, 1, 1, 1)
                 pr = project_wasserstein(x[act] / m, w / m, eps[act], kernel=self.kernel, lam=self.lam, p=self.p,
-                                         maxiter=self.sinkhorn_iters, tol=self.tol, upper=1.0 / mass[act])
-                new = (pr.z * m).clamp(0.0, 1.0)      # the ceiling keeps z <= 1 already; the clamp only trims rounding
+                                         maxiter=self.sinkhorn_iters, tol=self.tol,
+                                         upper=None if self.clamp else 1.0 / mass[act])
+                new = (pr.z * m).clamp(0.0, 1.0)      # with the ceiling, z <= 1 already: the clamp trims rounding
                 x_adv[act] = new
                 cost[act] = pr.cost
                 fooled = self._fooled(model(new), y[act])

@@ -37,7 +37,7 @@ GRID = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 1.75, 
 
 def attack_run(run_dir: str | Path, *, n: int = 500, eps: float = 0.3, alpha: float = 0.1, steps: int = 200,
                eps_factor: float = 1.1, eps_every: int = 10, kernel: int = 5, lam: float = 1000.0, p: float = 1.0,
-               sinkhorn_iters: int = 50, batch_size: int = 100, dataset: str | None = None,
+               sinkhorn_iters: int = 50, clamp: bool = False, batch_size: int = 100, dataset: str | None = None,
                root: str | None = None, device: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Attack the run's first ``n`` test images; write ``wasserstein-*.json/.md/.png`` (curve, table, figure)."""
     run = Path(run_dir)
@@ -46,7 +46,7 @@ def attack_run(run_dir: str | Path, *, n: int = 500, eps: float = 0.3, alpha: fl
     ds = dataset or cfg["dataset"]
     ds_root = root if (root is not None or dataset is not None) else cfg.get("root")
     data = load_images(ds, ds_root, "test").subset(slice(0, int(n))).to(dev)
-    atk = WassersteinPGD(eps, alpha, steps, eps_factor, eps_every, kernel, lam, p, sinkhorn_iters)
+    atk = WassersteinPGD(eps, alpha, steps, eps_factor, eps_every, kernel, lam, p, sinkhorn_iters, clamp=clamp)
     found, costs, clean = [], [], 0
     t0 = time.perf_counter()
     for s in tqdm(range(0, len(data), batch_size), desc="wasserstein", disable=not progress, unit="batch"):
@@ -67,7 +67,7 @@ def attack_run(run_dir: str | Path, *, n: int = 500, eps: float = 0.3, alpha: fl
               "curve": [{"eps": r, "success": s_, "adv_acc": 1 - s_} for r, s_ in zip(grid, curve)],
               "eps_found": [None if not torch.isfinite(v) else float(v) for v in eps_found],
               "seconds": time.perf_counter() - t0}
-    tag = f"wasserstein-k{kernel}-lam{lam:g}"
+    tag = f"wasserstein-k{kernel}-lam{lam:g}" + ("-clamp" if clamp else "")
     write_json(run / f"{tag}.json", record)
     lines = [f"{record['attack']}", "",
              f"n = {record['n']} test images, clean accuracy {100 * record['clean_acc']:.2f}%", "",

@@ -175,24 +175,43 @@ def project_wasserstein(x: Tensor, w: Tensor, eps: float | Tensor, *, kernel: in
 
 
 def _feasible(x: Tensor, beta: Tensor, psi: Tensor, cost: Tensor, kernel: int, eps: Tensor,
-              upper: float | Tensor | None, iterations: int) -> Projection:
-    """Take the plan Pi_ij = x_i K_ij e^beta_j / sum_j K_ij e^beta_j (rows sum to x exactly), read z off its
-    columns, then blend with the identity plan when the cost or the ceiling requires it."""
-    b = x.shape[0]
-    k_psi = torch.exp(-psi.view(-1, 1) * cost.view(1, -1) - 1.0)
+              upper: float | Tensor | None, iterations: int, rounds: int = 5) -> Projection:
+    """An exactly feasible point from the final dual variables.
+
+    The plan Pi[i, i+o] = x_i K_o e^beta_{i+o} / sum_o' K_o' e^beta_{i+o'} has rows summing to x exactly; z is its
+    column sums. Pixels above the ceiling (a rounding-level excess, since the iterates respect it) send the excess
+    of their inflow back to where it came from (the sources keep it: zero cost), for up to ``rounds`` rounds.
+    Whatever still violates the cost budget or the ceiling is fixed by blending with the identity plan.
+    """
+    b, c, h, w = x.shape
+    tiny = torch.finfo(x.dtype).tiny
+    k_psi = torch.exp(-psi.view(-1, 1) * cost.view(1, -1) - 1.0)                       # (B, k*k)
     top = beta.reshape(b, -1).amax(dim=1).view(-1, 1, 1, 1)
     v = torch.exp(beta - top)
-    row = _window_sum(v, k_psi, kernel)                                     # sum_j K_ij v_j
-    ratio = torch.where(x > 0, x / row.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
-    z = v * _window_sum(ratio, k_psi, kernel)                               # column sums
-    plan_cost = (ratio * _window_sum(v, k_psi * cost, kernel)).sum(dim=(1, 2, 3))
-    t = torch.ones_like(plan_cost)
-    over = plan_cost > eps
-    t = torch.where(over, eps / plan_cost.clamp_min(torch.finfo(x.dtype).tiny), t)
+    row = _window_sum(v, k_psi, kernel)                                                 # sum_o K_o v_{i+o}
+    ratio = torch.where(x > 0, x / row.clamp_min(tiny), torch.zeros_like(x)).reshape(b, c, 1, h * w)
+    plan = ratio * k_psi.view(b, 1, -1, 1) * _unfold(v, kernel, 0.0)                   # (B, C, k*k, H*W)
+    centre = (kernel * kernel) // 2                                                     # the offset (0, 0)
+    z = _fold_back(plan, kernel, (h, w))
+    up = None
     if upper is not None:
         up = torch.as_tensor(upper, dtype=x.dtype, device=x.device).expand(b).view(-1, 1, 1, 1)
+        for _ in range(rounds):
+            over = (z - up).clamp_min(0)
+            if not bool((over > 0).any()):
+                break
+            own = plan[:, :, centre].reshape(b, c, h, w)                                # mass that stayed put
+            frac = torch.where(over > 0, over / (z - own).clamp_min(tiny), torch.zeros_like(z)).clamp(0, 1)
+            moved = plan * _unfold(frac, kernel, 0.0)                                   # inflow sent back
+            moved[:, :, centre] = 0
+            plan = plan - moved
+            plan[:, :, centre] += moved.sum(dim=2)
+            z = _fold_back(plan, kernel, (h, w))
+    plan_cost = (plan * cost.view(1, 1, -1, 1)).sum(dim=(1, 2, 3))
+    t = torch.where(plan_cost > eps, eps / plan_cost.clamp_min(tiny), torch.ones_like(plan_cost))
+    if up is not None:
         excess = z > up
-        rr = torch.where(excess, (up - x) / (z - x).clamp_min(torch.finfo(x.dtype).tiny), torch.ones_like(z))
+        rr = torch.where(excess, (up - x).clamp_min(0) / (z - x).clamp_min(tiny), torch.ones_like(z))
         t = torch.minimum(t, rr.reshape(b, -1).amin(dim=1).clamp(0, 1))
     tv = t.view(-1, 1, 1, 1)
     z = tv * z + (1 - tv) * x
