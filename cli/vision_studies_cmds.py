@@ -49,8 +49,7 @@ SOAR_PRESETS = {
     "cpu": {},
     "paper": dict(dataset="cifar10", model="resnet10-nobn", n_train=None, n_test=1000, eps=8 / 255,
                   pretrain_epochs=200, pretrain_lr=0.1, epochs=200, lr=0.004, weight_decay=2e-4, batch_size=128,
-                  eval_apgd_steps=100, n_target_classes=9, methods=("standard", "pgd-at", "foar", "soar",
-                                                                     "soar-zero")),
+                  eval_apgd_steps=100, n_target_classes=9),
 }
 
 
@@ -68,7 +67,7 @@ def study() -> None:
 @click.option("--n-test", type=int, default=None, help="Test images attacked (the first N).")
 @click.option("--eps", type=_Radius(), default=None, help="Linf radius (cpu 0.1, paper 8/255).")
 @click.option("--methods", default=None,
-              help="Comma list of standard, pgd-at, foar, soar, soar-zero (default: all five).")
+              help="Comma list of standard, pgd-at, foar, soar, soar-zero, soar-rescale (default: all six).")
 @click.option("--pretrain-epochs", type=int, default=None, help="Epochs of the standard model.")
 @click.option("--pretrain-lr", type=float, default=None, help="Learning rate of the standard model (SGD m 0.9).")
 @click.option("--epochs", type=int, default=None, help="Epochs of every method continued from the standard model.")
@@ -76,8 +75,8 @@ def study() -> None:
 @click.option("--batch-size", type=int, default=None, help="Minibatch size.")
 @click.option("--h", "h", type=float, default=None, help="Finite-difference step of SOAR (0.01).")
 @click.option("--clip", type=float, default=None, help="Clip of the regulariser value (10).")
-@click.option("--clip-mode", type=click.Choice(["rescale", "clamp", "none"]), default=None,
-              help="rescale (default): min(R, clip) with the gradient scaled; clamp: hard min; none.")
+@click.option("--clip-mode", type=click.Choice(["clamp", "rescale", "none"]), default=None,
+              help="clamp (default): hard min(R, clip); rescale: same value, gradient scaled by clip/R; none.")
 @click.option("--lam", type=float, default=None, help="Weight of the regulariser (1).")
 @click.option("--grad-clip", type=float, default=None, help="Clip the parameter-gradient norm of the regulariser.")
 @click.option("--eval-apgd-steps", type=int, default=None, help="APGD-CE / APGD-DLR iterations (100).")

@@ -2,7 +2,8 @@
 
 SWA of one snapshot = sum(price x size) / sum(size) over both sides and all real (unmasked) levels, in dollars.
 Everything downstream of SWA is shift-invariant (SWA(p - c) = SWA(p) - c), so the attack may feed prices that
-are centred per snippet for float32 precision.
+are centred per snippet for float32 precision. :class:`Normalizer` is the SWA-only normaliser of the thesis'
+models; :class:`InputNormalizer` normalises the several channels of ``lobsim.adapters`` (same numbers for SWA).
 """
 
 from __future__ import annotations

@@ -119,16 +119,18 @@ class Targeted(Objective):
 class ForecastShift(Objective):
     """Regression models (outputs (B,) or (B, 1)): fooled when the forecast moves away from the clean forecast by
     more than ``threshold`` (``mode="move"``), or changes sign (``mode="cross"``; forecasts of exactly 0 are not
-    attacked). Every snippet is eligible in ``move`` mode."""
+    attacked). Every snippet is eligible in ``move`` mode. ``mode="up"`` / ``"down"``: fooled when the forecast rises /
+    falls by more than ``threshold`` (one-sided: the margin's gradient at the clean book points the way, where
+    ``|f - y|`` has none; ``move`` breaks that tie upwards, so attack ``up`` and ``down`` and keep the cheaper)."""
 
     threshold: float = 0.0
     mode: str = "move"
     name = "forecast"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("move", "cross"):
-            raise ValueError(f"ForecastShift: mode must be 'move' or 'cross', got {self.mode!r}")
-        if self.mode == "move" and not self.threshold > 0:
+        if self.mode not in ("move", "cross", "up", "down"):
+            raise ValueError(f"ForecastShift: mode must be 'move', 'cross', 'up' or 'down', got {self.mode!r}")
+        if self.mode != "cross" and not self.threshold > 0:
             raise ValueError(f"ForecastShift: threshold must be > 0 in move mode, got {self.threshold}")
 
     @staticmethod
@@ -140,8 +142,11 @@ class ForecastShift(Objective):
 
     def margin(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         f = self._flat(outputs)
+        d = f - y
         if self.mode == "move":
-            return (f - y).abs() - self.threshold
+            return torch.where(d >= 0, d, -d) - self.threshold  # |d|, with gradient +1 (not 0) at d = 0
+        if self.mode in ("up", "down"):
+            return (d if self.mode == "up" else -d) - self.threshold
         return -torch.sign(y) * f
 
     def eligible(self, clean_outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from lobsim.attacks.capital import SwaClassifier, book_tensors, evaluate_orders, gradient_mode, logits_of
+from lobsim.attacks.records import CLASS_NAMES
 from lobsim.snippets import SnippetBatch
 
 
@@ -96,7 +97,8 @@ class UniversalAttack:
         if progress:
             from tqdm import tqdm
 
-            it = tqdm(it, desc=f"universal target={self.target} gamma={self.gamma:g}", unit="step")
+            desc = f"universal pattern (target {CLASS_NAMES[self.target]}, size penalty {self.gamma:g})"
+            it = tqdm(it, desc=desc, unit="step")
         for step in it:
             b, op, P, S, M, total = prepared[step % len(prepared)]
             q = torch.floor(u + self.r)

@@ -117,7 +117,9 @@ TABLE_32_TEXT = (
     "visible shares over the window. Cost ($): the attacker's loss, marked to market at the last mid price "
     "(positive = the attacker lost money, negative = made money; unfilled orders are cancelled at no cost, no "
     "fees). Capital, first success, size and cost are means over the successful attacks. Won by: successes per "
-    "attack member. Masking: snippets only the gradient-free member fooled (a sign of gradient masking).")
+    "attack member. Masking: snippets only the gradient-free member fooled (a sign of gradient masking). "
+    "'a ± s': accuracy ± one block-bootstrap standard error over time blocks of window + horizon steps "
+    "(lobsim.stats; overlapping snippets are not independent, so the binomial error would understate it).")
 TABLE_33_TEXT = (
     "Fooled: fooled / eligible snippets. Eligible = test snippets the victim classifies correctly without the "
     "pattern and whose true class is not the target; fooled = eligible snippets the victim assigns to the target "

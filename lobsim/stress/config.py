@@ -31,7 +31,8 @@ A stress config has four tables (only ``input`` and ``output`` are required)::
     series = "microprice"        # a one-channel price-like adapter
     horizon = 10                 # model snapshots ahead (horizon * step grid steps)
     change = "log_return"        # diff ($) | return | log_return
-    edges = [-1e-4, 1e-4]        # classifier: class k = number of edges < change (len(edges) + 1 classes)
+    scale = 1e-4                 # the change in the model's units is change / scale (here: basis points)
+    edges = [-1.0, 1.0]          # classifier: class k = number of edges < change / scale (len(edges) + 1 classes)
 
 Everything is checked when the config is read, with the file and the field in the message.
 """
@@ -115,6 +116,7 @@ class TargetSpec:
     series: str = "mid"
     horizon: int = 10
     change: str = "log_return"
+    scale: float = 1.0
     edges: list[float] = field(default_factory=list)
 
 
@@ -275,7 +277,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> StressConfig:
     tg = _table(raw, "target", src, False)
     target = None
     if tg:
-        _take(tg, {"series", "horizon", "change", "edges"}, f"{src}: [target]")
+        _take(tg, {"series", "horizon", "change", "scale", "edges"}, f"{src}: [target]")
         target = TargetSpec(**tg)
         try:
             a = get(target.series)
@@ -287,6 +289,8 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> StressConfig:
         if not isinstance(target.horizon, int) or target.horizon < 1:
             raise ValueError(f"{src}: [target] horizon must be an integer >= 1 (model snapshots), got "
                              f"{target.horizon!r}")
+        if not (isinstance(target.scale, (int, float)) and target.scale > 0):
+            raise ValueError(f"{src}: [target] scale must be a positive number, got {target.scale!r}")
         if target.change not in CHANGES:
             raise ValueError(f"{src}: [target] change must be one of {list(CHANGES)}, got {target.change!r}")
         if out.kind == "classifier":

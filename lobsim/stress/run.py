@@ -74,9 +74,22 @@ class StressResult:
 # -- the market the model reads ---------------------------------------------------------------------------------
 
 
+def market_features(config: StressConfig) -> Any:
+    """The FeatureConfig whose snippets are the model's windows (grid_window steps) and target horizon."""
+    from lobsim.dataset import FeatureConfig
+
+    inp = config.input
+    H = config.target.horizon * inp.step if config.target else 1
+    feats = FeatureConfig(dt=inp.dt, window_s=inp.grid_window * inp.dt, horizon_s=H * inp.dt)
+    if feats.window != inp.grid_window or feats.horizon != H:
+        raise ValueError(f"{config.source}: window {inp.grid_window} / horizon {H} grid steps do not round-trip "
+                         f"through dt = {inp.dt}")
+    return feats
+
+
 def stress_market(market: Any, config: StressConfig) -> Any:
     """A Market over the same days whose snippets are the model's windows (and horizon, for the target)."""
-    from lobsim.dataset import FeatureConfig, Market
+    from lobsim.dataset import Market
 
     inp = config.input
     books = market.books if hasattr(market, "books") else list(market)
@@ -84,18 +97,15 @@ def stress_market(market: Any, config: StressConfig) -> Any:
     if any(abs(d - inp.dt) > 1e-12 for d in dts):
         raise ValueError(f"{config.source}: [input] dt = {inp.dt} s but the data are on a {dts[0]} s grid; load the "
                          f"data with --dt {inp.dt} or change [input] dt")
-    H = config.target.horizon * inp.step if config.target else 1
-    feats = FeatureConfig(dt=inp.dt, window_s=inp.grid_window * inp.dt, horizon_s=H * inp.dt)
-    if feats.window != inp.grid_window or feats.horizon != H:
-        raise ValueError(f"{config.source}: window {inp.grid_window} / horizon {H} grid steps do not round-trip "
-                         f"through dt = {inp.dt}")
+    feats = market_features(config)
     split = getattr(market, "split", "auto")
     frac = getattr(market, "train_fraction", 0.8)
     return Market(books, feats, split=split, train_fraction=frac, source=getattr(market, "source", None))
 
 
 def targets(market: Any, config: StressConfig, day: np.ndarray, start: np.ndarray) -> np.ndarray | None:
-    """The realised change of the target series from the decision time to the horizon (float64 (B,)), or None."""
+    """The realised change of the target series from the decision time to the horizon, in the model's units
+    (change / ``[target] scale``; float64 (B,)), or None without a ``[target]``."""
     from lobsim.adapters import get
 
     tg = config.target
@@ -111,7 +121,7 @@ def targets(market: Any, config: StressConfig, day: np.ndarray, start: np.ndarra
         e = start[sel] + W - 1
         now, fut = v[e], v[e + H]
         out[sel] = fut - now if tg.change == "diff" else (fut / now - 1 if tg.change == "return" else np.log(fut / now))
-    return out
+    return out / tg.scale
 
 
 def classes_of(change: np.ndarray, config: StressConfig) -> np.ndarray:
@@ -149,6 +159,31 @@ def make_objective(config: StressConfig) -> Any:
     if o.kind == "classifier":
         return PredictionChange(target=o.target_class)
     return ForecastShift(threshold=float(o.threshold), mode=o.fooled)
+
+
+def directions(objective: Any) -> list[Any]:
+    """The objectives the attacks run: a two-sided forecast move is attacked upwards and downwards (one-sided
+    margins have a gradient at the clean book; ``|f - y|`` has none), anything else as is."""
+    from lobsim.attacks.objectives import ForecastShift
+
+    if isinstance(objective, ForecastShift) and objective.mode == "move":
+        return [ForecastShift(objective.threshold, "up"), ForecastShift(objective.threshold, "down")]
+    return [objective]
+
+
+def merge_records(runs: list[list[Any]], names: list[str]) -> list[Any]:
+    """Per snippet the cheapest success over several runs (one per direction); the winner names its direction."""
+    if len(runs) == 1:
+        return runs[0]
+    out = []
+    for recs in zip(*runs):
+        ok = [(r.capital, k) for k, r in enumerate(recs) if r.success]
+        k = min(ok)[1] if ok else 0
+        r = recs[k]
+        if r.success:
+            r.winner = f"{r.winner} ({names[k]})"
+        out.append(r)
+    return out
 
 
 def fooled_np(objective: Any, clean: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -252,10 +287,13 @@ def run_stress(model: UserModel, market: Any, settings: StressSettings | None = 
     heat = None
     if "capital" in st.attacks:
         members = ["greedy", "gradient", "search"] if model.differentiable else ["search"]
-        atk = EnsembleAttack(budget=cmax, members=members, max_iter=st.max_iter, restarts=st.restarts,
-                             search_iter=st.search_iter, fill_model=st.fill_model, batch_size=st.batch_size,
-                             device=st.device, model_name="user model", objective=objective)
-        records = atk(model, batch, seed=st.seed, progress=progress)
+        runs = []
+        for obj in directions(objective):
+            atk = EnsembleAttack(budget=cmax, members=members, max_iter=st.max_iter, restarts=st.restarts,
+                                 search_iter=st.search_iter, fill_model=st.fill_model, batch_size=st.batch_size,
+                                 device=st.device, model_name="user model", objective=obj)
+            runs.append(atk(model, batch, seed=st.seed, progress=progress))
+        records = merge_records(runs, [getattr(o, "mode", "") for o in directions(objective)])
         orders = dense_orders(records, batch.window, batch.levels)
         after, delta = outputs_with(model, batch, orders, st.fill_model)
         ok = np.array([r.success for r in records])
@@ -314,7 +352,9 @@ def run_stress(model: UserModel, market: Any, settings: StressSettings | None = 
         tb = mk.batch(tday, tstart)
         tb.labels = np.zeros(tb.batch_size, np.int64)
         chunks = [tb.select(np.arange(lo, min(lo + 32, tb.batch_size))) for lo in range(0, tb.batch_size, 32)]
-        fit = fit_universal(model, objective, chunks, steps=st.universal_steps, budget=cmax, seed=st.seed)
+        fits = [fit_universal(model, obj, chunks, steps=st.universal_steps, budget=cmax, seed=st.seed)
+                for obj in directions(objective)]
+        fit = min(fits, key=lambda f: float(np.mean(f.history[-10:])) if f.history else np.inf)
         pattern = fit.pattern
         orders = np.asarray(universal_orders(pattern, batch), np.int64)
         out, delta = outputs_with(model, batch, orders, st.fill_model)

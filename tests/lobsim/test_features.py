@@ -162,3 +162,33 @@ def test_swa_change_absolute_and_relative() -> None:
     assert swa_change(np.array([50.0]), np.array([50.5]), relative=True)[0] == pytest.approx(0.01)
     with pytest.raises(ValueError, match="flat_fraction"):
         LabelConfig(flat_fraction=1.0)
+
+
+def test_input_normalizer_matches_the_swa_normalizer_and_standardises_other_channels() -> None:
+    from lobsim.features import InputNormalizer
+
+    rng = np.random.default_rng(7)
+    swa_w = 50 + np.cumsum(rng.normal(0, 0.01, size=(64, 30)), axis=1)
+    other = rng.normal(3.0, 2.0, size=(64, 30))
+    old = Normalizer.fit(swa_w)
+    new = InputNormalizer.fit(swa_w, [True])
+    assert new.scale == (old.scale,) and new.kinds == ("last",)
+    np.testing.assert_array_equal(new.numpy(swa_w), old.numpy(swa_w))  # bit-identical numbers for SWA alone
+    t = torch.from_numpy(swa_w)
+    torch.testing.assert_close(new.torch(t), old.torch(t), rtol=0, atol=0)
+    both = InputNormalizer.fit(np.stack([swa_w, other], -1), [True, False], ("swa", "imbalance"))
+    x = both.numpy(np.stack([swa_w, other], -1))
+    assert x.shape == (64, 30, 2) and x.dtype == np.float32
+    np.testing.assert_allclose(x[..., 0], old.numpy(swa_w))
+    assert abs(x[..., 1].mean()) < 1e-6 and abs(x[..., 1].std() - 1) < 1e-5
+    shifted = np.stack([swa_w - 7.0, other], -1)  # price-like channels are shift-invariant, the others are not moved
+    np.testing.assert_allclose(both.numpy(shifted), x, atol=1e-5)
+    again = InputNormalizer.from_dict(json.loads(json.dumps(both.to_dict())))
+    assert again == both
+    assert InputNormalizer.from_dict(old.to_dict()) == new  # model files of version 1
+    const = InputNormalizer.fit(np.stack([swa_w, np.full_like(other, 0.01)], -1), [True, False])
+    assert const.scale[1] == 1.0  # a constant channel is not blown up
+    with pytest.raises(ValueError, match="one entry per channel"):
+        InputNormalizer(("swa",), ("last", "standard"), (0.0,), (1.0,))
+    with pytest.raises(ValueError, match="unknown kind"):
+        InputNormalizer(("swa",), ("log",), (0.0,), (1.0,))

@@ -308,8 +308,8 @@ def study_tightness(out: Path, seed: int, extra: dict[str, Any], progress: bool)
                 layer.bias.normal_(0, 1)
     x0 = torch.rand(1, 2, dtype=torch.float64)
     eps4 = 0.05
-    lo_i, hi_i = interval_bounds(fig_net, x0 - eps4, x0 + eps4)
     with torch.no_grad():
+        lo_i, hi_i = interval_bounds(fig_net, x0 - eps4, x0 + eps4)
         lo_d, hi_d = DualNetwork(fig_net, x0, eps4).output_bounds()
     g = torch.linspace(-eps4, eps4, p["grid"], dtype=torch.float64)
     gx, gy = torch.meshgrid(g, g, indexing="ij")

@@ -165,14 +165,14 @@ class MAMLHead(_Head):
 
 
 def build_head(name: str, dim: int, way: int, *, ridge_lambda: float = 50.0, svm_cost: float = 0.1,
-               svm_ridge: float = 1.0, maml_steps: int = 10, maml_lr: float = 0.01) -> _Head:
-    """A head by name (see :data:`HEADS`)."""
+               svm_ridge: float = 1.0, maml_steps: int = 10, maml_lr: float = 0.01, scale: float = 1.0) -> _Head:
+    """A head by name (see :data:`HEADS`); ``scale`` is the initial value of the learnable logit scale."""
     if name == "ridge":
-        return RidgeHead(ridge_lambda)
+        return RidgeHead(ridge_lambda, scale=scale)
     if name == "proto":
-        return ProtoHead()
+        return ProtoHead(scale)
     if name == "svm":
-        return SVMHead(svm_cost, svm_ridge)
+        return SVMHead(svm_cost, svm_ridge, scale=scale)
     if name == "maml":
-        return MAMLHead(dim, way, maml_steps, maml_lr)
+        return MAMLHead(dim, way, maml_steps, maml_lr, scale=scale)
     raise ValueError(f"unknown head {name!r}; choose one of {', '.join(HEADS)} (--head)")

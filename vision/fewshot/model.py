@@ -44,7 +44,8 @@ def build_fewshot_model(cfg: Any, shape: tuple[int, int, int]) -> FewShotModel:
     backbone = build_backbone(cfg.backbone, shape[0], width=cfg.width)
     dim = feature_dim(backbone, shape)
     head = build_head(cfg.head, dim, cfg.way, ridge_lambda=cfg.ridge_lambda, svm_cost=cfg.svm_cost,
-                      svm_ridge=cfg.svm_ridge, maml_steps=cfg.maml_steps, maml_lr=cfg.maml_lr)
+                      svm_ridge=cfg.svm_ridge, maml_steps=cfg.maml_steps, maml_lr=cfg.maml_lr,
+                      scale=getattr(cfg, "head_scale", 1.0))
     return FewShotModel(backbone, head)
 
 

@@ -82,6 +82,7 @@ class FewShotConfig:
     svm_ridge: float = 1.0
     maml_steps: int = 10
     maml_lr: float = 0.01
+    head_scale: float = 1.0             # initial learnable logit scale
     seed: int = 0
     device: str = "auto"
 

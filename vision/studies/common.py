@@ -235,7 +235,7 @@ def heatmaps(path: str | Path, maps: dict[str, np.ndarray], title: str = "", log
     from matplotlib.colors import LogNorm
 
     n = len(maps)
-    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(4.1 * n, 3.3), squeeze=False, gridspec_kw={"wspace": 0.45})
     arrays = [np.asarray(a, dtype=float) for a in maps.values()]
     pos = np.concatenate([a[a > 0].ravel() for a in arrays]) if log else np.concatenate([a.ravel() for a in arrays])
     vmin = float(pos.min()) if pos.size else 1e-12
