@@ -152,6 +152,10 @@ def lob_train(data_paths, synthetic, days, hours, kind, inputs, val_fraction, we
     spec = {"days": days, "hours": hours, "seed": seed}
     if synthetic:
         data_paths = _synthetic_days(Path(out_dir), synthetic, spec, fresh)
+    from lobsim.dataset import expand_day_paths
+
+    # The expanded list of days (not the folder), so days added to a folder later do not change this run's market.
+    data_paths = expand_day_paths(data_paths)
     features = FeatureConfig(dt=dt, window_s=window, horizon_s=horizon, labels=LabelConfig(relative=relative))
     # Data inside the run are stored relative to it (the run can be moved with them), other data absolutely.
     data_cfg = {"paths": [stored_path(p, out_dir) for p in data_paths], "dt": dt, "start": start, "end": end,

@@ -72,6 +72,7 @@ class TrainConfig:
     eval_every: int = 50
     patience: int = 8
     val_n: int = 2000
+    defense: dict[str, Any] | None = None  # lobsim.defenses.DefenseConfig as a dict; None: plain training
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -322,14 +323,19 @@ def loss_and_accuracy(trained: TrainedModel, market: Market, refs: tuple[np.ndar
 
 
 def train(
-    cfg: TrainConfig, market: Market, out_dir: str | Path, progress: bool = True, resume: bool = True
+    cfg: TrainConfig, market: Market, out_dir: str | Path, progress: bool = True, resume: bool = True,
+    hook: Any = None,
 ) -> TrainedModel:
     """Train ``cfg.model`` on ``market`` (cross-entropy, one optimiser step per freshly sampled batch).
 
     Writes the run directory described in the module docstring. With ``resume`` and a checkpoint of the
     same config in ``out_dir``, training continues from it (bit-identical to an uninterrupted run on CPU).
-    The model's channel count is set from ``cfg.inputs`` and the market's levels.
+    The model's channel count is set from ``cfg.inputs`` and the market's levels. ``hook``: the defense of
+    ``cfg.defense`` (``lobsim.defenses.make_hook``; ``lobsim.defenses.train_defended`` passes it): it replaces the
+    loss of every step, the validation loss, and may stop training (catastrophic-overfitting guard).
     """
+    if cfg.defense and hook is None:
+        raise ValueError("train: the config has a defense; train it with lobsim.defenses.train_defended")
     if market.features.window != cfg.features.window or market.features.horizon != cfg.features.horizon:
         raise ValueError(f"train: market features {market.features} differ from the config's {cfg.features}")
     inputs = tuple(cfg.inputs)
@@ -373,16 +379,22 @@ def train(
         normalizer = fit_normalizer(market, inputs, fit_regions, cfg.scale_n, cfg.seed)
     trained = TrainedModel(model, normalizer, tau, cfg, device=device)
     loss_fn = nn.CrossEntropyLoss()
+    if hook is not None:
+        hook.start(trained, market, fit_regions, cfg.steps, cfg.seed)
+        if resume and ckpt.exists():
+            hook.load_state_dict(meta.get("defense"))
 
     def checkpoint() -> None:
         _save_checkpoint(ckpt, model, opt, {"step": step, "log": log, "numpy_rng": rng.bit_generator.state,
-                                            "tau": tau, "normalizer": normalizer.to_dict(), "early_stopping": es},
+                                            "tau": tau, "normalizer": normalizer.to_dict(), "early_stopping": es,
+                                            **({"defense": hook.state_dict()} if hook is not None else {})},
                          best)
 
     def validate() -> bool:
         """Check the validation loss; keep the best weights; True when training should stop."""
         nonlocal best
-        vl, va = loss_and_accuracy(trained, market, val_refs)
+        vl, va = (hook.validate(trained, market, val_refs) if hook is not None
+                  else loss_and_accuracy(trained, market, val_refs))
         model.train()
         log.append({"step": step, "val_loss": round(vl, 5), "val_acc": round(va, 5)})
         if es["best_loss"] is None or vl < es["best_loss"] - 1e-4:
@@ -407,6 +419,8 @@ def train(
             y = torch.from_numpy(market.labels(day, start, tau)).to(device)
             logits = model(x)
             loss = loss_fn(logits, y)
+            if hook is not None:
+                loss = hook.loss(step, day, start, y, loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -420,6 +434,8 @@ def train(
                 log.append({"step": step, "loss": round(ema_loss, 5), "train_acc": round(ema_acc, 5)})
             if val_refs is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
                 es["stopped_early"] = validate() and step < cfg.steps
+            if hook is not None and hook.after_step(step):
+                es["stopped_early"] = True  # the defense's guard restored earlier weights
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{ema_loss:.4f}", acc=f"{ema_acc:.3f}",
@@ -452,6 +468,7 @@ def train(
                             "val_n": int(val_refs[0].shape[0]), "stopped_early": bool(es["stopped_early"])}
                            if val_refs is not None else None),
         "market": market.describe(),
+        **({"defense": hook.summary()} if hook is not None else {}),
     }
     write_json(out / "train_log.json", {"log": log, **info})
     trained.info = info

@@ -86,7 +86,6 @@ def fractional(inputs: Sequence[str], P: torch.Tensor, S: torch.Tensor, M: torch
     P, S = P * Mf, S * Mf
     flat = (B, W, 2 * L)
     real = M.reshape(flat)
-    zero2 = torch.zeros(flat, dtype=torch.float64)
     parts: list[tuple[torch.Tensor, ...]] = []
 
     def entry(s: int, j: int) -> torch.Tensor:

@@ -38,7 +38,7 @@ def _pct(x: Any, se: Any = None) -> str:
         return "-"
     s = f"{100 * float(x):.1f}%"
     if se is not None and isinstance(se, (int, float)) and math.isfinite(se):
-        s += f" &plusmn; {100 * float(se):.1f}"
+        s += f" ± {100 * float(se):.1f}"
     return s
 
 
@@ -183,6 +183,10 @@ def fig_capital(rows: Sequence[dict[str, Any]]) -> bytes | None:
     axes[1].set_ylabel("attacker's share of the book (%)")
     axes[1].set_title("Relative size and cost (colour, $) of each success", fontsize=10)
     fig.colorbar(sc, ax=axes[1], label="cost to the attacker ($)")
+    from matplotlib.ticker import NullFormatter
+
+    for ax in axes:  # a narrow log range would print overlapping minor tick labels
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     return _fig_bytes(fig)
 
@@ -301,7 +305,7 @@ def render_html(s: dict[str, Any], rows: Sequence[dict[str, Any]], figs: dict[st
     head, trs = _results_rows(s)
     parts.append("<section id='results'><h2>Clean vs random orders vs attack</h2>"
                  "<p class='note'>Outputs changed: share of the attacked snippets whose output the orders changed "
-                 "(&plusmn; block-bootstrap standard error).</p>" + _table(head, trs) + "</section>")
+                 "(± block-bootstrap standard error).</p>" + _table(head, trs) + "</section>")
     parts.append("<section id='curve'><h2>Accuracy vs capital</h2>" + _img(figs.get("curve"), "curve")
                  + "</section>")
     a = s.get("attack") or {}

@@ -461,7 +461,7 @@ def test_cli_inspect_check_ingest(tmp_path, day_files):
     res = runner.invoke(main, ["data", "check", str(day_files.parent), "--no-cache"])
     assert res.exit_code == 0 and "mismatches: 0" in res.output
     res = runner.invoke(main, ["data", "ingest", str(day_files.parent), "--cache-dir", cache])
-    assert res.exit_code == 0 and "400 rows cached" in res.output
+    assert res.exit_code == 0 and "cached 1 of 1 day(s), 400 rows" in res.output
     ob = _orderbook_of(day_files)
     r = _ob_row(ob, 100)
     r[1] += 1  # ask size of level 1 on row 100 no longer follows from the messages

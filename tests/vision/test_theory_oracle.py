@@ -95,3 +95,14 @@ def test_pruning_dead_channels_keeps_the_function():
     assert small.widths == (3, 3)
     with pytest.raises(ValueError, match="pruned widths"):
         prune_by_fanout(net, (6, 3))
+
+
+def test_attack_streams_and_per_example_radius():
+    teacher, student, x = _pair(5)
+    atk = OracleAttack(0.2, 3, seed=7)
+    a1, a2 = atk(student, teacher, x), atk(student, teacher, x)
+    assert not torch.equal(a1, a2)  # successive calls draw new starts (two runs of in/out-of-plane AT differ)
+    assert torch.equal(OracleAttack(0.2, 3, seed=7)(student, teacher, x), a1)  # a fresh attack repeats them
+    xa = OracleAttack(0.2, 3, objective="linf", radius="uniform", seed=1)(student, teacher, x)
+    r = (xa - x).flatten(1).abs().amax(1)
+    assert float(r.max()) <= 0.2 + 1e-6 and float(r.max() - r.min()) > 0.02  # radii differ per example

@@ -66,33 +66,41 @@ class OracleAttack:
 
     def __init__(self, eps: float, steps: int = 10, alpha: float | None = None, norm: str = "linf",
                  objective: str = "l2", random_start: bool = True, box: bool = True, seed: int | None = None,
-                 l1_k: tuple[float, float] = (5.0, 20.0), start_radius: str = "ball") -> None:
+                 l1_k: tuple[float, float] = (5.0, 20.0), radius: str = "fixed") -> None:
         if eps < 0 or steps < 1:
             raise ValueError(f"need eps >= 0 and steps >= 1, got eps={eps}, steps={steps}")
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        if start_radius not in ("ball", "uniform"):
-            raise ValueError(f"start_radius must be 'ball' or 'uniform', got {start_radius!r}")
+        if radius not in ("fixed", "uniform"):
+            raise ValueError(f"radius must be 'fixed' or 'uniform', got {radius!r}")
         self.eps, self.steps, self.norm = float(eps), int(steps), check_norm(norm)
         self.alpha = float(alpha) if alpha is not None else default_alpha(self.eps, self.steps)
         self.objective, self.random_start, self.box, self.seed = objective, bool(random_start), bool(box), seed
-        self.l1_k, self.start_radius = l1_k, start_radius
+        self.l1_k, self.radius = l1_k, radius
+        self._gen: torch.Generator | None = None
 
     def _project(self, delta: Tensor, x: Tensor) -> Tensor:
         return project(delta, x, self.eps, self.norm) if self.box else _project_free(delta, self.eps, self.norm)
 
     def __call__(self, student: nn.Module, teacher: nn.Module, x: Tensor) -> Tensor:
+        """x' per example. The seeded generator lives as long as the attack, so successive calls (training
+        batches, or the two runs of in/out-of-plane AT) draw different random starts; a new attack object with
+        the same seed repeats them. ``radius="uniform"``: each example gets its own radius u * eps, u ~ U(0, 1)
+        (PGD on delta in the eps ball, evaluated at u * delta: the same steps and projections, rescaled)."""
         x = x.detach()
-        gen = make_generator(self.seed, x.device)
+        if self.seed is not None and (self._gen is None or self._gen.device != x.device):
+            self._gen = make_generator(self.seed, x.device)
+        gen = self._gen
+        shape = (-1, *([1] * (x.dim() - 1)))
         with eval_mode(student), eval_mode(teacher), torch.enable_grad():
             y = teacher(x).argmax(dim=1) if self.objective == "data" else None
+            scale = torch.ones(x.shape[0], device=x.device, dtype=x.dtype)
+            if self.radius == "uniform":
+                scale = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype)
             if self.random_start:
                 delta = random_start(x, self.eps, self.norm, gen) if self.box else \
                     _project_free(torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * self.eps,
                                   self.eps, self.norm)
-                if self.start_radius == "uniform":
-                    r = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype)
-                    delta = delta * r.view(-1, *([1] * (x.dim() - 1)))
             else:
                 delta = torch.zeros_like(x)
             k_range = l1_k_range(x[0].numel(), self.l1_k, True)
@@ -101,7 +109,9 @@ class OracleAttack:
             for t in range(self.steps + 1):
                 last = t == self.steps
                 delta = delta.detach().requires_grad_(not last)
-                xa = x + delta
+                xa = x + scale.view(shape) * delta
+                if self.box:
+                    xa = xa.clamp(0.0, 1.0)
                 s_out = student(xa)
                 t_out = s_out if self.objective == "data" else teacher(xa)
                 obj = discrepancy(s_out, t_out, self.objective, y)
@@ -113,7 +123,8 @@ class OracleAttack:
                 (g,) = torch.autograd.grad(obj.sum(), delta)
                 step = steepest_step(g, x, delta.detach(), self.alpha, self.norm, k_range, gen)
                 delta = self._project(delta.detach() + step, x)
-        return (x + best).detach()
+        out = x + scale.view(shape) * best
+        return (out.clamp(0.0, 1.0) if self.box else out).detach()
 
 
 @torch.no_grad()

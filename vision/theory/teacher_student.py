@@ -97,8 +97,9 @@ class TeacherStudentConfig:
     teacher_widths: tuple[int, ...] = (16, 16, 16, 16)
     pruned_widths: tuple[int, ...] = (12, 8, 8, 6)
     student_scale: float = 1.1
-    teacher_epochs: int = 10
-    teacher_finetune_epochs: int = 2
+    teacher_epochs: int = 30
+    teacher_finetune_epochs: int = 10
+    teacher_lr: float = 3e-3
     lr: float = 1e-3
     batch_size: int = 100
     st_epochs: tuple[int, ...] = (5, 10, 20)
@@ -106,6 +107,7 @@ class TeacherStudentConfig:
     plane_epochs: int = 5
     ccat_epochs: int = 10
     ccat_rhos: tuple[float, ...] = (5.0, 10.0, 20.0)
+    ccat_radius: str = "uniform"
     noise_sigma: float = 0.1
     eps: float = 0.1
     train_steps: int = 5
@@ -406,6 +408,11 @@ def run_teacher_student(cfg: TeacherStudentConfig, out: str | Path, *, overwrite
                              f"{by['at']['angle outside X (deg, mean)']:.1f} deg", "qualitative",
                              by["st-noise"]["angle outside X (deg, mean)"] < by["st"]["angle outside X (deg, mean)"]
                              and by["at"]["angle outside X (deg, mean)"] < by["st"]["angle outside X (deg, mean)"]))
+        ratio = by["st"]["fan-out unspec / spec"]
+        claims.append(_claim("Cor 1: unspecialised student nodes (best NC < 0.8) have small fan-out weights",
+                             "no unspecialised node" if ratio is None else
+                             f"mean ||v|| unspecialised / specialised = {ratio:.3f} (ST)", "||v_k'|| <= O(eps)",
+                             None if ratio is None else ratio < 0.5))
         claims.append(_claim("Oracle-adversarial perturbations of an ST student lie mostly outside X",
                              f"{100 * by['st']['attack energy outside X']:.1f}% of the energy (random: "
                              f"{100 * by['st']['random share outside X']:.0f}%)", "conjecture (Sec 1, Fig 1c2)",
@@ -434,7 +441,7 @@ def _run_images(cfg: TeacherStudentConfig, train: Any, test: Any, out: Path, reu
         teacher.load_state_dict(load_weights(tpath, device))
         res["teacher"] = "reused"
     else:
-        opt = torch.optim.Adam(big.parameters(), lr=cfg.lr)
+        opt = torch.optim.Adam(big.parameters(), lr=cfg.teacher_lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         for e in range(cfg.teacher_epochs):
             train_epoch(big, StandardTraining(), train.x, train.y, opt, sched, cfg.batch_size, generator=gen,
@@ -446,7 +453,7 @@ def _run_images(cfg: TeacherStudentConfig, train: Any, test: Any, out: Path, reu
             xb = test.x.float().div(255.0)
             lb, lp = big(xb), teacher(xb)
         change = float((lp - lb).norm() / lb.norm())
-        opt = torch.optim.Adam(teacher.parameters(), lr=cfg.lr)
+        opt = torch.optim.Adam(teacher.parameters(), lr=cfg.teacher_lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         for e in range(cfg.teacher_finetune_epochs):
             train_epoch(teacher, StandardTraining(), train.x, train.y, opt, sched, cfg.batch_size, generator=gen,
@@ -476,20 +483,23 @@ def _run_images(cfg: TeacherStudentConfig, train: Any, test: Any, out: Path, reu
         students[name] = _train_with_checkpoints(_new_student(cfg, c, k, seed, device), loss_fn, train.x, ty,
                                                  checkpoints, cfg, name, out, reuse, device, progress)
 
-    at_attack = OracleAttack(cfg.eps, cfg.train_steps, seed=cfg.seed)
+    def at_attack(offset: int) -> OracleAttack:  # one attack (one random stream) per student
+        return OracleAttack(cfg.eps, cfg.train_steps, seed=cfg.seed + offset)
+
     noise_gen = torch.Generator(device=train.x.device).manual_seed(cfg.seed + 7)
     train_student("st-logit", LogitTraining(teacher), cfg.st_epochs)
     train_student("st-label", LabelTraining(teacher), cfg.st_epochs)
     train_student("st-noise", LogitTraining(teacher, cfg.noise_sigma, noise_gen), (max(cfg.st_epochs),))
     train_student("surrogate", LogitTraining(teacher), (max(cfg.st_epochs),), seed=sw + 100)
-    train_student("at", OracleAT(teacher, at_attack), tuple(sorted(set(cfg.at_epochs) | {cfg.plane_epochs,
+    train_student("at", OracleAT(teacher, at_attack(0)), tuple(sorted(set(cfg.at_epochs) | {cfg.plane_epochs,
                                                                                        cfg.ccat_epochs})))
     if cfg.plane_epochs > 0:
         std = teacher.normalize.std.flatten()
-        train_student("at-in", OracleAT(teacher, at_attack, "in", basis, std), (cfg.plane_epochs,))
-        train_student("at-out", OracleAT(teacher, at_attack, "out", basis, std), (cfg.plane_epochs,))
-    ccat_attack = OracleAttack(cfg.eps, cfg.train_steps, objective="linf", seed=cfg.seed, start_radius="uniform")
+        train_student("at-in", OracleAT(teacher, at_attack(1), "in", basis, std), (cfg.plane_epochs,))
+        train_student("at-out", OracleAT(teacher, at_attack(2), "out", basis, std), (cfg.plane_epochs,))
     for rho in cfg.ccat_rhos:
+        ccat_attack = OracleAttack(cfg.eps, cfg.train_steps, objective="linf", seed=cfg.seed + 3,
+                                   radius=cfg.ccat_radius)
         train_student(f"ccat-{rho:g}", TeacherCCAT(teacher, ccat_attack, rho), (cfg.ccat_epochs,))
     surrogate = students["surrogate"][max(cfg.st_epochs)]
     st_final = max(cfg.st_epochs)
