@@ -4,6 +4,7 @@ Each ``*_cmds`` module attaches its commands to the groups of :mod:`cli.app`; im
 registers them all.
 """
 
+import cli.defense_cmds  # noqa: F401  (registers the commands)
 import cli.stress_cmds  # noqa: F401  (registers the commands)
 import cli.vision_distill_cmds  # noqa: F401  (registers the commands)
 import cli.vision_suite_cmds  # noqa: F401  (registers the commands)

@@ -131,9 +131,16 @@ def _synthetic_days(out: Path, market: str, spec: dict, fresh: bool) -> tuple[st
 @click.option("--eval-n", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="Test snippets for the evaluation after training.")
 @click.option("--fresh", is_flag=True, help="Ignore a checkpoint in OUT instead of resuming from it.")
+@click.option("--defense", type=click.Choice(["fast", "pgd", "universal", "certified"]), default=None,
+              help="Train against manipulation (docs/defenses.md): fast (single-step capital attack, random start, "
+                   "catastrophic-overfitting guard), pgd (5 steps), universal (patterns per class), certified "
+                   "(interval-bound training, Linear/MLP).")
+@click.option("--defense-budget", type=float, default=10_000.0, show_default=True,
+              help="With --defense: capital of the training attack per snippet, in dollars.")
 @threads_option
 def lob_train(data_paths, synthetic, days, hours, kind, inputs, val_fraction, weight_decay, preset, out_dir, steps,
-              batch, lr, optimizer, window, horizon, dt, start, end, relative, device, seed, eval_n, fresh) -> None:
+              batch, lr, optimizer, window, horizon, dt, start, end, relative, device, seed, eval_n, fresh,
+              defense=None, defense_budget=10_000.0) -> None:
     """Train a valuation model (input window -> down/flat/up) and evaluate it on held-out test snippets.
 
     Writes OUT/config.json, checkpoint.safetensors (resumable: rerun the same command after Ctrl-C),
@@ -165,10 +172,16 @@ def lob_train(data_paths, synthetic, days, hours, kind, inputs, val_fraction, we
     cfg = default_config(kind, preset, features, steps=steps, batch=batch, lr=lr, optimizer=optimizer, device=device,
                          seed=seed, eval_n=eval_n, data=data_cfg, inputs=inputs, val_fraction=val_fraction,
                          weight_decay=weight_decay)
+    if defense:  # checked before the market is loaded
+        from lobsim.defenses import DefenseConfig
+
+        cfg.defense = DefenseConfig(kind=defense, budget=defense_budget).to_dict()
     market = _train_market(dict(data_cfg, paths=[str(p) for p in data_paths]), features)
     click.echo(f"market: {len(market.books)} day(s), split by {market.split}: {market.n_train:,} train / "
                f"{market.n_test:,} test snippet starts")
-    trained = train(cfg, market, out_dir, progress=True, resume=not fresh)
+    from lobsim.defenses import make_hook
+
+    trained = train(cfg, market, out_dir, progress=True, resume=not fresh, hook=make_hook(cfg.defense))
     click.echo(f"trained {kind}/{preset} ({trained.info['parameters']:,} parameters) in "
                f"{trained.info['train_seconds_this_session']:.1f} s on {trained.device}")
     click.echo(evaluate(trained, market, n=eval_n, seed=cfg.eval_seed).summary())

@@ -202,7 +202,7 @@ def study_hierarchy(preset, families, defenses, out, overwrite, quiet, **opts) -
 ALIGN_PRESETS = {
     "cpu": {},
     "paper": dict(dataset="cifar10", archs=("resnet18", "preact18", "mobilenetv2"), n_train=40000, n_align=10000,
-                  n_eval=1000, epochs=30, lr=0.1, eps=4 / 255),
+                  n_eval=1000, epochs=30, optimizer="sgd", lr=0.1, eps=4 / 255),
 }
 
 
@@ -216,6 +216,9 @@ ALIGN_PRESETS = {
 @click.option("--n-align", type=int, default=None, help="Further training images used unlabeled for alignment.")
 @click.option("--n-eval", type=int, default=None, help="Test images attacked.")
 @click.option("--epochs", type=int, default=None, help="Training epochs of every model.")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd", "rmsprop"]), default=None,
+              help="Optimizer of the models (cpu: adam lr 1e-3; paper: sgd lr 0.1).")
+@click.option("--lr", type=float, default=None, help="Learning rate of the models.")
 @click.option("--align-epochs", type=int, default=None, help="Alignment epochs (1).")
 @click.option("--align-lr", type=float, default=None, help="Alignment learning rate (SGD m 0.9, cosine).")
 @click.option("--temperature", type=float, default=None, help="Softmax temperature of the KL (4).")

@@ -25,11 +25,11 @@ PRESET = click.option("--preset", type=click.Choice(["cpu", "paper"]), default="
 TS_PAPER = dict(dataset="cifar10", n_train=None, n_test=1000, teacher_widths=(64, 64, 64, 64),
                 pruned_widths=(45, 32, 32, 20), teacher_epochs=100, teacher_finetune_epochs=10,
                 st_epochs=(50, 100, 150, 200, 300), at_epochs=(50, 100, 150, 200, 300), plane_epochs=150,
-                ccat_epochs=150, eps=10 / 255, train_steps=40, eval_steps=40, eval_repeats=5, l2_eps=0.5,
-                l1_eps=10.0, batch_size=128, pca_components=17)
+                ccat_epochs=150, eps=10 / 255, train_steps=40, train_alpha=0.01, eval_steps=40, eval_repeats=5,
+                l2_eps=0.5, l1_eps=10.0, batch_size=128, pca_components=17)
 REG_PAPER = dict(dataset="cifar10", n_train=None, n_test=1000, nets=("cnn", "resnet10-nobn"), cnn_width=32,
                  epochs=100, lr=0.05, eps=(0.0, 4 / 255, 8 / 255, 16 / 255), at_steps=10, at_alpha=2 / 255)
-PROP_PAPER = dict(dataset="cifar10", n_test=1000, l61_n_train=50000, l61_widths=(512, 512, 512),
+PROP_PAPER = dict(dataset="cifar10", n_test=1000, l61_n_train=50000, l61_pool=1, l61_widths=(512, 512, 512),
                   l61_linear_steps=3000, l61_steps=3000, hessian_iters=500, nb_n_train=None, nb_width=512,
                   nb_epochs=300, nb_seeds=10, rank_n_train=None, rank_width=64, rank_epochs=100, rank_extra_epochs=15,
                   rank_every=100, rank_attack_steps=7, rank_eval_steps=20, ntk_n_train=None, ntk_epochs=30,

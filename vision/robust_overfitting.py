@@ -10,7 +10,8 @@ One config -> one run directory:
 - ``robust_overfitting.png``: robust train / validation / test error against the epoch, with the decays marked.
 - ``metrics.json``: the best test epoch, the final epoch, the epoch the validation set selects and the test error
   there (the early-stopping result), and the gap between final and best.
-- ``weights-final.safetensors`` and ``weights-best-val.safetensors``.
+- ``weights.safetensors`` (the validation-selected epoch: the early-stopping result; ``advsim vision evaluate``
+  reads it) and ``weights-final.safetensors``.
 
 Presets: ``cpu`` (a 2,000-image MNIST subset, the small conv net, eps 0.1, 40 epochs, about 10 CPU-minutes) and
 ``paper`` (CIFAR-10, PreAct ResNet-18, eps 8/255, 10 steps of 2/255, SGD lr 0.1 decayed /10 at epochs 100 and
@@ -209,7 +210,7 @@ def run_robust_overfitting(cfg: RobustOverfittingConfig, out: str | Path, *, ove
         write_json(out / "curve.json", rows)  # an interrupted run keeps its finished epochs
     save_weights(out / "weights-final.safetensors", model.state_dict())
     if best_state is not None:
-        save_weights(out / "weights-best-val.safetensors", best_state)
+        save_weights(out / "weights.safetensors", best_state)
 
     csv, md = _table(rows)
     atomic_write_text(out / "curve.csv", csv)
@@ -219,7 +220,8 @@ def run_robust_overfitting(cfg: RobustOverfittingConfig, out: str | Path, *, ove
              f"robust error under PGD-{c.eval_steps}")
     plot_curve(rows, out / "robust_overfitting.png", title, decays)
     summary = summarise_curve(rows)
-    metrics = {"n_train": len(train), "n_val": len(val), "n_test": len(tsub), "device": device,
+    metrics = {"model_name": c.model, "num_classes": len(train_all.classes), "input_shape": [in_ch, h, h],
+               "n_train": len(train), "n_val": len(val), "n_test": len(tsub), "device": device,
                "eval_attack": repr(ev), "seconds": time.perf_counter() - t0, **summary, "curve": rows}
     finish_run(out, metrics)
     return metrics

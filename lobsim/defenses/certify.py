@@ -139,33 +139,24 @@ class _Relaxed:
 
     def __init__(self, fr: Fractional, price: torch.Tensor, eps: torch.Tensor, offsets: str) -> None:
         K = max_kappa_shares(fr, price, eps)
+        self.offset = offsets != "zero"
         if offsets == "zero":
             self.c_l = self.c_u = torch.zeros_like(fr.f0)
         else:
             self.c_u = best_offset(fr, price, eps, K, "upper")
             self.c_l = best_offset(fr, price, eps, K, "lower")
         self.u, self.l = upper(fr, K, self.c_u), lower(fr, K, self.c_l)
+        self.lu = torch.cat([self.l, self.u], dim=2).transpose(2, 3).contiguous()  # (B, W, 2L, 2C)
 
 
 class LinearBound:
     """Backward linear bounds for one chunk of snippets (see the module docstring)."""
 
     def __init__(self, net: Network, fr: Fractional, price: torch.Tensor, op: Any, row_chunk: int = 64) -> None:
-        self.net, self.fr, self.price, self.op, self.row_chunk = net, fr, price, op, row_chunk
+        self.net, self.fr, self.op, self.row_chunk = net, fr, op, row_chunk
         self.B, self.W, self.C = fr.f0.shape
         self.L2 = fr.q.shape[-1]
-        self._rep: dict[int, Any] = {}
-
-    def adjoint(self, coef: torch.Tensor) -> torch.Tensor:
-        """P^T per row: coefficients on the resting shares ``(B, R, W, 2L)`` -> on the orders (same shape)."""
-        B, R = coef.shape[:2]
-        if R not in self._rep:
-            self._rep[R] = self.op.select(np.repeat(np.arange(B), R))
-        rep = self._rep[R]
-        a = torch.zeros(rep.shape, dtype=coef.dtype, device=coef.device, requires_grad=True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(rep(a), a, grad_outputs=coef.reshape(rep.shape).contiguous())
-        return g.reshape(coef.shape)
+        self.price = price.reshape(self.B, self.W * self.L2, 1)
 
     def lower(self, coef: torch.Tensor, layer: int, inter: list[tuple[torch.Tensor, torch.Tensor]],
               rx: _Relaxed, eps: torch.Tensor) -> torch.Tensor:
@@ -176,6 +167,8 @@ class LinearBound:
         return torch.cat(out, dim=1)
 
     def _lower(self, coef: torch.Tensor, layer: int, inter: list, rx: _Relaxed, eps: torch.Tensor) -> torch.Tensor:
+        from lobsim.defenses.adjoint import adjoint_rows
+
         net, fr = self.net, self.fr
         const = torch.zeros(coef.shape[:2], dtype=coef.dtype, device=coef.device)
         for i in range(layer, 0, -1):
@@ -192,13 +185,14 @@ class LinearBound:
             const = const + torch.where(pos, torch.zeros_like(coef), coef * inter_c).sum(-1)
             coef = coef * torch.where(pos, alpha[:, None], lam[:, None])
         const = const + coef @ net.b1
-        G = torch.einsum("brh,hwc->brwc", coef, net.A)
+        G = torch.einsum("brh,hwc->bwcr", coef, net.A)  # rows last: the adjoint's layout
         Gp, Gn = G.clamp_min(0), G.clamp_max(0)
-        const = const + (G * fr.f0[:, None]).sum((2, 3)) - (Gp * rx.c_l[:, None]).sum((2, 3)) \
-            + (Gn * rx.c_u[:, None]).sum((2, 3))
-        cd = torch.einsum("brwc,bwck->brwk", Gp, rx.l) + torch.einsum("brwc,bwck->brwk", Gn, rx.u)
-        g = self.adjoint(cd.reshape(cd.shape[:3] + (2, self.L2 // 2)))
-        ratio = (g.reshape(cd.shape) / self.price[:, None]).amin((2, 3))  # price = +inf at masked levels
+        const = const + torch.einsum("bwcr,bwc->br", G, fr.f0)
+        if rx.offset:
+            const = const - torch.einsum("bwcr,bwc->br", Gp, rx.c_l) + torch.einsum("bwcr,bwc->br", Gn, rx.c_u)
+        cd = torch.matmul(rx.lu, torch.cat([Gp, Gn], dim=2))  # (B, W, 2L, R)
+        g = adjoint_rows(self.op, cd.reshape(self.B, self.W * self.L2, -1))
+        ratio = (g / self.price).amin(1)  # price = +inf at masked levels
         return const + eps[:, None] * ratio.clamp_max(0.0)
 
 
@@ -218,6 +212,7 @@ class CertifyConfig:
     chunk: int = 8
     row_chunk: int = 64
     offsets: tuple[str, ...] = ("zero", "best")
+    inter_offsets: tuple[str, ...] = ("zero",)
 
     def __post_init__(self) -> None:
         if not 0 < self.eps_min < self.eps_max:
@@ -226,7 +221,12 @@ class CertifyConfig:
             raise ValueError(f"certify: intermediate must be auto, crown or interval, got {self.intermediate!r}")
         if self.iterations < 1 or self.chunk < 1:
             raise ValueError("certify: iterations and chunk must be >= 1")
-        self.offsets = tuple(self.offsets)
+        self.offsets, self.inter_offsets = tuple(self.offsets), tuple(self.inter_offsets)
+        bad = [o for o in self.offsets + self.inter_offsets if o not in ("zero", "best")]
+        if bad or not self.offsets or not self.inter_offsets:
+            raise ValueError(f"certify: offsets must be non-empty subsets of ('zero', 'best'), got {bad}")
+        if not set(self.inter_offsets) <= set(self.offsets):
+            raise ValueError("certify: inter_offsets must be among offsets")
 
 
 @dataclass
@@ -276,30 +276,46 @@ class _Chunk:
         """min_k lower bound of z_y - z_k; ``raw``: the linear relaxation alone (not maxed with the interval)."""
         lo, hi = ranges(self.fr, self.price, eps)
         layers = interval_layers(self.net, lo, hi)
-        best = torch.full((self.y.shape[0],), -float("inf"), dtype=torch.float64)
-        rxs = [_Relaxed(self.fr, self.price, eps, o) for o in self.cfg.offsets]
-        inter = []
+        rxs = {o: _Relaxed(self.fr, self.price, eps, o) for o in self.cfg.offsets}
+        inter: list[tuple[torch.Tensor, torch.Tensor]] = []
         n = len(self.net.rest)
         for j in range(n):  # hidden pre-activations z_0 .. z_{n-1}
-            lb, ub = layers[j]
+            if j == 0:
+                lb, ub = layers[0]
+            else:  # interval step from the (tighter) bounds of the previous layer
+                Wj, bj = self.net.rest[j - 1]
+                pl, pu = (torch.relu(v) for v in inter[-1])
+                m, r = (pl + pu) / 2, (pu - pl) / 2
+                lb, ub = m @ Wj.T + bj - r @ Wj.abs().T, m @ Wj.T + bj + r @ Wj.abs().T
             if self.crown_inter:
-                H = lb.shape[1]
-                eye = torch.eye(H, dtype=torch.float64).expand(lb.shape[0], H, H)
-                for rx in rxs:
-                    lb = torch.maximum(lb, self.lin.lower(eye, j, inter, rx, eps))
-                    ub = torch.minimum(ub, -self.lin.lower(-eye, j, inter, rx, eps))
+                idx = torch.nonzero(((lb < 0) & (ub > 0)).any(0))[:, 0]  # stable neurons need no tighter bound
+                if idx.numel():
+                    H = lb.shape[1]
+                    eye = torch.eye(H, dtype=torch.float64)[idx]
+                    rows = torch.cat([eye, -eye]).expand(lb.shape[0], 2 * len(idx), H)
+                    for o in self.cfg.inter_offsets:
+                        v = self.lin.lower(rows, j, inter, rxs[o], eps)
+                        lb[:, idx] = torch.maximum(lb[:, idx], v[:, :len(idx)])
+                        ub[:, idx] = torch.minimum(ub[:, idx], -v[:, len(idx):])
             inter.append((lb, ub))
         K = self.logits.shape[1]
-        last = self.net.rest[-1][0] if n else None
         rows = torch.eye(K, dtype=torch.float64)[self.y][:, None] - torch.eye(K, dtype=torch.float64)[None]
-        others = ~torch.nn.functional.one_hot(self.y, K).bool()
-        for rx in rxs:
+        at_y = torch.nn.functional.one_hot(self.y, K).bool()
+        best = torch.full((self.y.shape[0],), -float("inf"), dtype=torch.float64)
+        for rx in rxs.values():
             m = self.lin.lower(rows, n, inter, rx, eps)  # (B, K)
-            best = torch.maximum(best, m.masked_fill(~others, float("inf")).amin(1))
+            best = torch.maximum(best, m.masked_fill(at_y, float("inf")).amin(1))
         if raw:
             return best
-        inter_full = inter + [layers[-1]]
-        ibp = interval_margin(self.net, lo, hi, self.y, inter_full if last is not None else None).amin(1)
+        if n:
+            Wn, bn = self.net.rest[-1]
+            pl, pu = (torch.relu(v) for v in inter[-1])
+            D = Wn[self.y][:, None] - Wn[None]
+            ibp = (D.clamp_min(0) * pl[:, None]).sum(-1) + (D.clamp_max(0) * pu[:, None]).sum(-1) \
+                + bn[self.y][:, None] - bn
+            ibp = ibp.masked_fill(at_y, float("inf")).amin(1)
+        else:
+            ibp = interval_margin(self.net, lo, hi, self.y).amin(1)
         return torch.maximum(best, ibp)
 
 

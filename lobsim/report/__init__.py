@@ -70,6 +70,8 @@ def collect(run_dirs: Sequence[str | os.PathLike]) -> dict[str, Any]:
     curves: list[dict] = []
     transfer: list[dict] = []
     baselines: dict[str, dict] = {}
+    defense: list[dict] = []  # issue 13: model x defense rows (lobsim.report.defense_table)
+    detection: list[dict] = []
     for run in run_dirs:
         path = Path(run) / "metrics.json"
         if is_incomplete(run):
@@ -84,10 +86,14 @@ def collect(run_dirs: Sequence[str | os.PathLike]) -> dict[str, Any]:
         t33 += rep.get("table_3_3", [])
         curves += rep.get("curves", [])
         transfer += rep.get("transfer", [])
+        defense += rep.get("defense_table", [])
+        detection += rep.get("detection", [])
         baselines.update(rep.get("baselines", {}))
         baselines.update(_model_eval(Path(run), metrics))
+    from lobsim.report.defense_table import merge_defense_rows
+
     return {"table_3_2": tables.merge_rows(rows), "table_3_3": t33, "curves": curves, "transfer": transfer,
-            "baselines": baselines}
+            "baselines": baselines, "defense_table": merge_defense_rows(defense), "detection": detection}
 
 
 def _model_eval(run: Path, metrics: dict[str, Any]) -> dict[str, dict]:
@@ -227,6 +233,12 @@ def write_report(out: str | os.PathLike, rep: dict[str, Any], title: str = "",
         made += tables.write_table_33(out, entry["matrix"], entry.get("title", ""), stem=stem)
         parts += [f"## Table 3.3: {entry.get('title', 'universal transfer attack')} ({stem}.md)\n",
                   TABLE_33_TEXT + "\n" if i == 0 else "", tables.table_33_markdown(entry["matrix"])]
+    if rep.get("defense_table"):
+        from lobsim.report.defense_table import DEFENSE_TEXT, defense_markdown, write_defense_tables
+
+        made += write_defense_tables(out, rep["defense_table"], rep.get("detection", []))
+        parts += ["## Defenses: one table per market (defense_table.md)\n", DEFENSE_TEXT + "\n",
+                  defense_markdown(rep["defense_table"], rep.get("detection", []))]
     shown = [Path(f) for f in figures if Path(f).parent.resolve() == out.resolve()]
     if shown:
         parts.append("## Figures\n")

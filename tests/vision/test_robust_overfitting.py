@@ -54,7 +54,7 @@ def test_tiny_run_writes_the_curve_and_keeps_the_validation_selected_weights(tmp
     m = run_robust_overfitting(cfg, tmp_path / "ro", progress=False)
     out = tmp_path / "ro"
     for f in ("config.json", "metrics.json", "curve.csv", "curve.md", "robust_overfitting.png",
-              "weights-final.safetensors", "weights-best-val.safetensors"):
+              "weights-final.safetensors", "weights.safetensors"):
         assert (out / f).is_file(), f
     rows = read_json(out / "metrics.json")["curve"]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
@@ -63,7 +63,11 @@ def test_tiny_run_writes_the_curve_and_keeps_the_validation_selected_weights(tmp
     assert (out / "robust_overfitting.png").read_bytes()[:4] == b"\x89PNG"
     assert len((out / "curve.csv").read_text().splitlines()) == 4
     final = load_weights(out / "weights-final.safetensors")
-    best = load_weights(out / "weights-best-val.safetensors")
+    best = load_weights(out / "weights.safetensors")
     assert final.keys() == best.keys()
     same = all(torch.equal(final[k], best[k]) for k in final)
     assert same == (m["val_selected_epoch"] == 3)
+    from vision.evaluate import load_run_model
+
+    model, _ = load_run_model(out)  # the run directory is also an evaluable run (validation-selected weights)
+    assert all(torch.equal(model.state_dict()[k], best[k]) for k in best)

@@ -88,12 +88,12 @@ def test_alignment_does_not_read_labels(digits_pair):
 
 def test_tiny_study_run(tmp_path):
     cfg = AlignmentStudyConfig(dataset="digits", archs=("mnist_small", "mlp"), n_train=600, n_align=300, n_eval=60,
-                               epochs=3, lr=0.05, align_epochs=1, align_lr=0.02, eps=0.1, attack_steps=3,
+                               epochs=3, lr=3e-3, align_epochs=1, align_lr=0.02, eps=0.1, attack_steps=3,
                                batch_size=64, device="cpu")
     m = run_alignment_study(cfg, tmp_path / "a", progress=False)
     out = tmp_path / "a"
     for name in ("transfer_error.md", "transfer_change.csv", "similarity.json", "alignment_loss.md", "transfer.png",
-                 "source-mlp.safetensors", "witness-mnist_small.safetensors", "target-mlp.safetensors",
+                 "models.md", "source-mlp.safetensors", "witness-mnist_small.safetensors", "target-mlp.safetensors",
                  "aligned-mlp-with-mnist_small.safetensors"):
         assert (out / name).is_file(), name
     assert len(m["transfer_error"]) == 2 * 3 and len(m["similarity"]) == 4

@@ -207,7 +207,7 @@ def test_lemma61_embedding_reproduces_the_linear_classifier_exactly_at_init():
 def test_norm_bias_gradient_and_weight_decay_limit():
     torch.manual_seed(1)
     net = nn.Linear(5, 3)
-    phi2 = float(squared_norm(net))
+    phi2 = float(squared_norm(net).detach())
     for mu2 in (0.0, phi2 + 10.0):
         net.zero_grad()
         norm_bias_penalty(net, mu2).backward()
@@ -267,3 +267,33 @@ def test_lemma31_piece_sum_equals_the_feature_difference():
     w = net.layers[1].weight
     for p in pieces:
         assert interlacing_holds(w, p.masks[1])
+
+
+# ---- spec-004 margins ---------------------------------------------------------------------------------------------
+
+def test_margin_geometry_of_a_linear_model_is_its_exact_boundary_distance():
+    from vision.theory.regularisation import b2_groups, margin_geometry, margins
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    x = torch.randint(0, 256, (30, 1, 3, 4), dtype=torch.uint8)
+    y = torch.randint(0, 4, (30,))
+    geo = margin_geometry(model, x, y)
+    assert torch.allclose(geo["input"], geo["feature"], atol=1e-5)  # features = inputs for a linear model
+    w = model[1].weight.detach().double()
+    xf = x.double().div(255.0).flatten(1)
+    for i in range(5):  # walking the margin towards the nearest pairwise boundary lands exactly on it
+        z = model(xf[i:i + 1].float()).detach().double()[0]
+        d = (z[y[i]] - z) / (w[y[i]] - w).norm(dim=1).clamp_min(1e-12)
+        d[y[i]] = float("inf")
+        j = int(d.argmin())
+        direction = (w[j] - w[y[i]]) / (w[j] - w[y[i]]).norm()
+        moved = model((xf[i] + float(geo["input"][i]) * direction)[None].float()).detach().double()[0]
+        assert float(moved[y[i]] - moved[j]) == pytest.approx(0.0, abs=1e-4)
+    sv = torch.linalg.svdvals(w)
+    assert torch.allclose(geo["jac_sv_std"], sv.std(unbiased=False).expand(30), atol=1e-5)
+    logits = torch.tensor([[2.0, 1.0, -1.0], [0.0, 3.0, 1.0]])
+    assert margins(logits, torch.tensor([0, 0])).tolist() == [1.0, -3.0]
+    g = b2_groups({"a": 1.0, "b": 0.5, "c": 0.2}, {"a": 0.5, "b": 0.7, "c": 0.1})
+    assert (g["group1_layers"], g["group2_layers"]) == (2, 1)
+    assert g["group1_sum"] == pytest.approx(0.6) and g["group2_sum"] == pytest.approx(0.2)

@@ -146,15 +146,18 @@ def _pct(v: float) -> str:
 # ---- toy ----
 def study_toy(out: Path, seed: int, extra: dict[str, Any], progress: bool) -> dict[str, Any]:
     p = {"n_points": 12, "sep": 0.16, "eps": 0.08, "sizes": [2, 100, 100, 100, 100, 2], "iters": 3000,
-         "lr": 1e-3, **extra}
+         "lr": 1e-3, "ramp_iters": 0, "eps_start": 0.0, **extra}
     x, y = toy_points(p["n_points"], p["sep"], seed)
     torch.manual_seed(seed)
     net = mlp(p["sizes"])
     opt = torch.optim.Adam(net.parameters(), lr=p["lr"])
     curve = []
     t0 = time.perf_counter()
+    from .training import eps_ramp
+
+    ramp = eps_ramp(p["eps_start"], p["eps"], p["ramp_iters"])
     for it in range(p["iters"]):
-        loss, not_cert = robust_loss(net, x, y, p["eps"])
+        loss, not_cert = robust_loss(net, x, y, ramp(it))
         opt.zero_grad()
         loss.backward()
         opt.step()

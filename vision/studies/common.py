@@ -290,7 +290,7 @@ def bar_plot(path: str | Path, groups: Sequence[str], series: dict[str, Sequence
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(groups) * max(len(series), 1) / 2 + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(min(13.0, max(5.0, 0.25 * len(groups) * max(len(series), 1) + 2)), 3.8))
     width = 0.8 / max(len(series), 1)
     pos = np.arange(len(groups))
     for i, (name, ys) in enumerate(series.items()):

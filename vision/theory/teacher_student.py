@@ -111,6 +111,7 @@ class TeacherStudentConfig:
     noise_sigma: float = 0.1
     eps: float = 0.1
     train_steps: int = 5
+    train_alpha: float | None = None
     eval_steps: int = 10
     eval_repeats: int = 2
     l2_eps: float = 1.0
@@ -484,7 +485,7 @@ def _run_images(cfg: TeacherStudentConfig, train: Any, test: Any, out: Path, reu
                                                  checkpoints, cfg, name, out, reuse, device, progress)
 
     def at_attack(offset: int) -> OracleAttack:  # one attack (one random stream) per student
-        return OracleAttack(cfg.eps, cfg.train_steps, seed=cfg.seed + offset)
+        return OracleAttack(cfg.eps, cfg.train_steps, cfg.train_alpha, seed=cfg.seed + offset)
 
     noise_gen = torch.Generator(device=train.x.device).manual_seed(cfg.seed + 7)
     train_student("st-logit", LogitTraining(teacher), cfg.st_epochs)
@@ -498,7 +499,7 @@ def _run_images(cfg: TeacherStudentConfig, train: Any, test: Any, out: Path, reu
         train_student("at-in", OracleAT(teacher, at_attack(1), "in", basis, std), (cfg.plane_epochs,))
         train_student("at-out", OracleAT(teacher, at_attack(2), "out", basis, std), (cfg.plane_epochs,))
     for rho in cfg.ccat_rhos:
-        ccat_attack = OracleAttack(cfg.eps, cfg.train_steps, objective="linf", seed=cfg.seed + 3,
+        ccat_attack = OracleAttack(cfg.eps, cfg.train_steps, cfg.train_alpha, objective="linf", seed=cfg.seed + 3,
                                    radius=cfg.ccat_radius)
         train_student(f"ccat-{rho:g}", TeacherCCAT(teacher, ccat_attack, rho), (cfg.ccat_epochs,))
     surrogate = students["surrogate"][max(cfg.st_epochs)]
