@@ -15,6 +15,7 @@ Timed groups (``--groups``):
 - ``l1``: L1 at ``--l1-eps``: ours PGD-L1 (50 steps), ours APGD-L1 (100 iterations, the default L1 attack);
   AutoAttack's APGD-L1 (100 iterations, its staged radii); foolbox's SLIDE (50 steps).
 - ``square``: Square, Linf, ``--queries`` queries (ours; AutoAttack; torchattacks).
+- ``l1-stages``: ours APGD-L1 with and without the staged radii (not in the default groups).
 
 Prints a markdown table: per side the median wall time and median CPU time (process time) over the rounds, and
 the robust accuracy (the model's accuracy at the returned points, re-checked here, inside the ball).
@@ -120,6 +121,11 @@ def sides(group: str, model, eps: float, args) -> dict[str, Callable]:
             s["foolbox SLIDE (50 steps)"] = slide
         except ImportError:
             pass
+    elif group == "l1-stages":
+        e1 = args.l1_eps
+        s["ours APGD-L1 (radii 3, 2, 1 eps)"] = lambda x, y: APGD(e1, 100, "l1", seed=0)(model, x, y).x_adv
+        s["ours APGD-L1 (one stage)"] = lambda x, y: APGD(e1, 100, "l1", seed=0, l1_eps_schedule=None)(
+            model, x, y).x_adv
     elif group == "square":
         q = args.queries
         s["ours Square"] = lambda x, y: Square(eps, q, "linf", seed=0)(model, x, y).x_adv
@@ -195,7 +201,7 @@ def main() -> None:
     results = {}
     for group in args.groups.split(","):
         ss = sides(group, model, eps, args)
-        norm, e = ("l1", args.l1_eps) if group == "l1" else ("linf", eps)
+        norm, e = ("l1", args.l1_eps) if group.startswith("l1") else ("linf", eps)
         wall: dict[str, list[float]] = {k: [] for k in ss}
         cpu: dict[str, list[float]] = {k: [] for k in ss}
         acc: dict[str, float] = {}

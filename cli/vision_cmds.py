@@ -97,8 +97,10 @@ def vision_train(out, overwrite, quiet, **opts) -> None:
         m = train_run(cfg, out, overwrite=overwrite, progress=not quiet)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from exc
+    check = ("no final test check (--n-test 0)" if m["test_clean_acc"] is None else
+             f"test clean {m['test_clean_acc']:.4f}, {m['test_pgd']}: {m['test_pgd_acc']:.4f}")
     click.echo(f"{out}: {m['defense']} {m['model_name']}, {m['epochs_run']} epochs in {m['train_seconds']:.1f} s "
-               f"on {m['device']}; test clean {m['test_clean_acc']:.4f}, {m['test_pgd']}: {m['test_pgd_acc']:.4f}")
+               f"on {m['device']}; {check}")
     if m["stopped_early"]:
         click.echo(f"stopped early: {m['stopped_early']}")
 

@@ -137,11 +137,20 @@ class UniversalPatterns:
         return float(loss.detach())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"theta": self.theta.detach().reshape(-1).double().tolist(), "shape": list(self.theta.shape)}
+        """JSON-able: the logits and Adam's moments (float32 values written exactly as float64)."""
+        st = self.opt.state.get(self.theta, {})
+        flat = {k: st[k].detach().reshape(-1).double().tolist() for k in ("exp_avg", "exp_avg_sq") if k in st}
+        return {"theta": self.theta.detach().reshape(-1).double().tolist(), "shape": list(self.theta.shape),
+                "adam_step": float(st["step"]) if "step" in st else 0.0, **flat}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        shape = tuple(d["shape"])
         with torch.no_grad():
-            self.theta.copy_(torch.tensor(d["theta"], dtype=torch.float32).reshape(d["shape"]))
+            self.theta.copy_(torch.tensor(d["theta"], dtype=torch.float32).reshape(shape))
+        if d.get("adam_step"):
+            self.opt.state[self.theta] = {"step": torch.tensor(float(d["adam_step"])),
+                                          **{k: torch.tensor(d[k], dtype=torch.float32).reshape(shape)
+                                             for k in ("exp_avg", "exp_avg_sq")}}
 
 
 def interval_loss(trained: Any, book: Book, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

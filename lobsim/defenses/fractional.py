@@ -172,24 +172,31 @@ def lower(fr: Fractional, K: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 def best_offset(fr: Fractional, price: torch.Tensor, eps: torch.Tensor, K: torch.Tensor, side: str,
-                iters: int = 30) -> torch.Tensor:
+                iters: int = 24) -> torch.Tensor:
     """The offset c >= 0 that minimises the upper (``side="upper"``) or maximises the lower bound's worst value
-    at each snapshot over the budget simplex (golden-section search; the worst value is convex in c)."""
+    at each snapshot over the budget simplex (golden-section search; the worst value is convex in c).
+
+    The worst value is ``c + max(0, max_k eps slope_k(c) / price_k)``; its slope in c is at least
+    ``1 - max_k kappa_k eps / (price_k d0)``, so c = 0 is optimal wherever the budget buys less than the snapshot's
+    (weighted) depth, and only the other snapshots are searched."""
     sgn = 1.0 if side == "upper" else -1.0
-    q = sgn * fr.q
-    shares = eps[:, None, None, None] / price[:, :, None]
+    shares = (eps[:, None, None, None] / price[:, :, None]).expand_as(fr.q)
+    need = (fr.kappa * shares / fr.d0[..., None]).amax(-1) > 1.0
+    out = torch.zeros_like(fr.f0)
+    if not bool(need.any()):
+        return out
+    q, kap, d0, Kn, x = (sgn * fr.q)[need], fr.kappa[need], fr.d0[need], K[need], shares[need]
 
     def worst(c: torch.Tensor) -> torch.Tensor:
-        s = _slopes(q - c[..., None] * fr.kappa, fr.d0, K)
-        return c + (s * shares).amax(-1).clamp_min(0.0)
+        return c + (_slopes(q - c[:, None] * kap, d0, Kn) * x).amax(-1).clamp_min(0.0)
 
-    ratio = torch.where(fr.kappa > 0, q / torch.where(fr.kappa > 0, fr.kappa, torch.ones_like(fr.kappa)),
-                        torch.zeros_like(q))
-    lo, hi = torch.zeros_like(fr.f0), ratio.amax(-1).clamp_min(0.0)
+    ratio = torch.where(kap > 0, q / torch.where(kap > 0, kap, torch.ones_like(kap)), torch.zeros_like(q))
+    lo, hi = torch.zeros_like(d0), ratio.amax(-1).clamp_min(0.0)
     g = (5 ** 0.5 - 1) / 2
     for _ in range(iters):
         a, b = hi - g * (hi - lo), lo + g * (hi - lo)
         left = worst(a) <= worst(b)
         hi, lo = torch.where(left, b, hi), torch.where(left, lo, a)
     c = (lo + hi) / 2
-    return torch.where(worst(c) <= worst(torch.zeros_like(c)), c, torch.zeros_like(c))
+    out[need] = torch.where(worst(c) <= worst(torch.zeros_like(c)), c, torch.zeros_like(c))
+    return out

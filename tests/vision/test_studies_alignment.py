@@ -87,7 +87,7 @@ def test_alignment_does_not_read_labels(digits_pair):
 
 
 def test_tiny_study_run(tmp_path):
-    cfg = AlignmentStudyConfig(dataset="digits", archs=("mnist_small", "mlp"), n_train=600, n_align=300, n_eval=60,
+    cfg = AlignmentStudyConfig(dataset="digits", archs=("mnist_small", "mlp"), n_train=400, n_align=200, n_eval=40,
                                epochs=3, lr=3e-3, align_epochs=1, align_lr=0.02, eps=0.1, attack_steps=3,
                                batch_size=64, device="cpu")
     m = run_alignment_study(cfg, tmp_path / "a", progress=False)

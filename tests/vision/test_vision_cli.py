@@ -103,3 +103,13 @@ def test_no_normalize_round_trips_through_the_weights(tmp_path):
     model, cfg = load_run_model(tmp_path / "n")
     assert cfg["normalize"] is False
     assert float(model.normalize.mean.abs().max()) == 0.0 and float(model.normalize.std.min()) == 1.0
+
+
+def test_train_without_final_check(tmp_path):
+    """--n-test 0 skips the final test check and says so (it used to crash formatting None)."""
+    args = [a for a in TRAIN]
+    args[args.index("--n-test") + 1] = "0"
+    args[args.index("--epochs") + 1] = "1"
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "no final test check (--n-test 0)" in res.output

@@ -81,7 +81,7 @@ def toy_points(n: int = 12, sep: float = 0.16, seed: int = 0) -> tuple[Tensor, T
 
 
 def har_standin(n_train: int = 7352, n_test: int = 2947, dim: int = 561, classes: int = 6, latent: int = 20,
-                noise: float = 0.6, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                noise: float = 1.5, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Synthetic data with HAR's shapes: x = tanh(A (mu_y + noise * s) + 0.1 e) in [-1, 1]^dim."""
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(dim, latent, generator=g) / latent ** 0.5
@@ -243,7 +243,7 @@ def _train_mlp(net: nn.Module, x: Tensor, y: Tensor, epochs: int, batch: int, lr
 
 def study_har(out: Path, seed: int, extra: dict[str, Any], progress: bool) -> dict[str, Any]:
     p = {"eps": 0.05, "epochs": 20, "batch": 50, "lr": 1e-3, "eps_start": 0.005, "ramp_epochs": 5, "proj": None,
-         "noise": 0.6, "pgd_steps": 50, "pgd_restarts": 10, "n_train": 7352, "n_test": 2947, **extra}
+         "noise": 1.5, "pgd_steps": 50, "pgd_restarts": 10, "n_train": 7352, "n_test": 2947, **extra}
     xtr, ytr, xte, yte = har_standin(p["n_train"], p["n_test"], noise=p["noise"], seed=seed)
     rows, runs = [], {}
     for name, eps in (("standard", None), ("robust", p["eps"])):

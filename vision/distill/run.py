@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data_loaders.images import load_images
-from data_loaders.rundir import make_run_dir, resolve_device, save_weights, write_json
+from data_loaders.rundir import finish_run, make_run_dir, resolve_device, save_weights
 from vision.augment import augment as augment_batch
 from vision.defenses.loop import amp_dtype, lr_factor, make_optimizer
 from vision.evaluate import load_run_model, robust_accuracy
@@ -241,5 +241,5 @@ def distill_run(cfg: DistillConfig, out: str | Path, *, overwrite: bool = False,
         "history": history,
     }
     save_weights(out / "weights.safetensors", student.state_dict(), {"model": c.student, "method": c.method})
-    write_json(out / "metrics.json", metrics)
+    finish_run(out, metrics)
     return metrics

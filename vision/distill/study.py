@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from data_loaders.rundir import make_run_dir, read_json, write_json
+from data_loaders.rundir import finish_run, is_incomplete, make_run_dir, read_json, write_json
 from vision.train import VisionTrainConfig, train_run
 
 from .run import DistillConfig, distill_run
@@ -93,7 +93,8 @@ def _student_config(c: ARDStudyConfig, method: str, teacher: str | None) -> Dist
 
 
 def _finished(run_dir: Path) -> dict[str, Any] | None:
-    return read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else None
+    done = (run_dir / "metrics.json").is_file() and not is_incomplete(run_dir)
+    return read_json(run_dir / "metrics.json") if done else None
 
 
 def _claims(r: dict[str, dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -137,7 +138,7 @@ def ard_study(cfg: ARDStudyConfig, out: str | Path, *, overwrite: bool = False,
             raise ValueError(f"unknown study rows {unknown}; choose from {', '.join(r[0] for r in ROWS)} (--rows)")
     out = Path(out)
     if (out / "ard_table.json").is_file() and not overwrite:
-        raise FileExistsError(f"{out}: already holds a finished study (ard_table.json); pass overwrite to redo it")
+        raise FileExistsError(f"{out}: already holds a finished study (ard_table.json); use --overwrite to redo it")
     make_run_dir(out, c, overwrite=True)
     results: dict[str, dict[str, Any]] = {}
     needed_teachers = {t for _, _, t, _ in wanted if t is not None}
@@ -192,6 +193,7 @@ def ard_study(cfg: ARDStudyConfig, out: str | Path, *, overwrite: bool = False,
         ["target", "claim", "rule", "ra", "rb", "verdict"], ["Target", "Claim", "Rule", "a (%)", "b (%)", "Here"])
     write_tables(out, "ard_table", rows, columns, md)
     write_json(out / "claims.json", claims)
+    finish_run(out, {"rows": rows, "claims": claims})
     accuracy_bars(out / "ard_table.png", [r["description"] for r in rows], [r["clean_acc"] for r in rows],
                   [r["pgd20_acc"] for r in rows], f"{c.dataset}, eps={c.eps:.3g}: clean vs PGD-20")
     return {"rows": rows, "claims": claims, "markdown": md}

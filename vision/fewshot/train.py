@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from data_loaders.rundir import make_run_dir, resolve_device, save_weights, write_json
+from data_loaders.rundir import finish_run, make_run_dir, resolve_device, save_weights
 from vision.attacks.pgd import PGD
 from vision.defenses.loop import lr_factor
 
@@ -195,5 +195,5 @@ def fewshot_train_run(cfg: FewShotConfig, out: str | Path, *, overwrite: bool = 
                "params": sum(p.numel() for p in model.parameters()), "train_seconds": train_seconds,
                "seconds_per_epoch": train_seconds / len(history), "epochs_run": len(history), "history": history}
     save_weights(out / "weights.safetensors", model.state_dict(), {"head": c.head, "training": c.training})
-    write_json(out / "metrics.json", metrics)
+    finish_run(out, metrics)
     return metrics
