@@ -27,6 +27,9 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
               help="Synthetic hours per day.")
 @click.option("--model", "kind", type=click.Choice(["linear", "mlp", "lstm"]), default="mlp", show_default=True,
               help="Model kind (one per run; runs of other kinds on the same market merge in `lob report`).")
+@click.option("--preset", type=click.Choice(["small", "paper"]), default="small", show_default=True,
+              help="Model size preset (paper: thesis sizes, needs a GPU; certification then bounds hidden neurons "
+                   "by intervals).")
 @click.option("--inputs", default="swa,imbalance,depth_imbalance", show_default=True,
               help="Input channels (certification supports swa, depth, sizes, the imbalances, microprice, mid, "
                    "spread, prices).")
@@ -58,9 +61,9 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda ...")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in OUT.")
 @threads_option
-def lob_defend(synthetic, data_paths, days, hours, kind, inputs, defenses, budget, attack_budget, budgets, steps,
-               batch, adv_batch, attack_n, max_iter, search_iter, certify, dt, window, horizon, out_dir, seed, device,
-               overwrite) -> None:
+def lob_defend(synthetic, data_paths, days, hours, kind, preset, inputs, defenses, budget, attack_budget, budgets,
+               steps, batch, adv_batch, attack_n, max_iter, search_iter, certify, dt, window, horizon, out_dir, seed,
+               device, overwrite) -> None:
     """Train one model kind without and with each defense on one market, then measure every variant: clean and
     random-orders accuracy, minimal capital of the attack ensemble, certified capital, detection, training cost.
 
@@ -75,7 +78,8 @@ def lob_defend(synthetic, data_paths, days, hours, kind, inputs, defenses, budge
     if data and synthetic:
         raise click.UsageError("give either --data or --synthetic, not both")
     cfg = DefendConfig(synthetic=None if data else (synthetic or "thick"), data=data, days=days, hours=hours,
-                       dt=dt, window_s=window, horizon_s=horizon, model=kind, inputs=list(parse_inputs(inputs)),
+                       dt=dt, window_s=window, horizon_s=horizon, model=kind, preset=preset,
+                       inputs=list(parse_inputs(inputs)),
                        defenses=[d.strip() for d in defenses.split(",") if d.strip()], budget=budget,
                        attack_budget=attack_budget, budgets=_floats(budgets, "--budgets") or list(DEFAULT_BUDGETS),
                        train_steps=steps, train_batch=batch, adv_batch=adv_batch, attack_n=attack_n,

@@ -33,7 +33,7 @@ PROP_PAPER = dict(dataset="cifar10", n_test=1000, l61_n_train=50000, l61_pool=1,
                   l61_linear_steps=3000, l61_steps=3000, hessian_iters=500, nb_n_train=None, nb_width=512,
                   nb_epochs=300, nb_seeds=10, rank_n_train=None, rank_width=64, rank_epochs=100, rank_extra_epochs=15,
                   rank_every=100, rank_attack_steps=7, rank_eval_steps=20, ntk_n_train=None, ntk_epochs=30,
-                  ntk_mlp_widths=(64, 256, 1024, 4096),
+                  ntk_mlp_widths=(64, 256, 1024, 2048), ntk_max_entries=4_000_000_000,
                   ntk_conv_widths=(16, 32, 64, 128), ntk_wrn_widths=(1, 2, 4, 8), batch_size=128)
 
 

@@ -55,6 +55,9 @@ class Network:
             z = torch.relu(z) @ Wj.T + bj
         return z
 
+    def to(self, device: str | torch.device) -> Network:
+        return Network(self.A.to(device), self.b1.to(device), [(w.to(device), b.to(device)) for w, b in self.rest])
+
     @property
     def widths(self) -> list[int]:
         return [int(self.A.shape[0])] + [int(w.shape[0]) for w, _ in self.rest]
@@ -352,7 +355,7 @@ def certify(trained: Any, batch: SnippetBatch, cfg: CertifyConfig | None = None,
     if bad or not methods:
         raise ValueError(f"certify: methods must be a non-empty subset of {METHODS}, got {list(methods)}")
     with torch.no_grad():
-        net = fold(trained)
+        net = fold(trained).to("cpu")  # bounds run in float64 on the CPU (the adjoint is a Numba kernel)
     fields: dict[str, list[np.ndarray]] = {k: [] for k in ("pred", "margin", "interval", "linear", "capped")}
     chunks = range(0, batch.batch_size, cfg.chunk)
     if progress:
@@ -387,8 +390,8 @@ def margin_bounds(trained: Any, batch: SnippetBatch, eps: np.ndarray | float, cf
     """Lower bounds of the clean prediction's margin at budgets ``eps`` (per snippet): ``interval``, ``linear``
     (never below the interval one) and, with ``raw``, ``linear_raw`` (the relaxation alone). Also ``margin``."""
     cfg = cfg or CertifyConfig()
-    net = fold(trained)
     with torch.no_grad():
+        net = fold(trained).to("cpu")
         ch = _Chunk(trained, batch, net, cfg)
         e = torch.as_tensor(np.broadcast_to(np.asarray(eps, np.float64), (batch.batch_size,)).copy())
         out = {"margin": ch.margin.numpy(), "pred": ch.y.numpy(), "interval": ch.interval(e).numpy(),

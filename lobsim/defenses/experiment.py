@@ -3,7 +3,8 @@
 ``run_defense_experiment(cfg, out)`` (``advsim lob defend``): market (synthetic LOBSTER files or real days) ->
 for every defense (``none`` = plain training): train, evaluate on the test split, random orders, the capital
 attack ensemble on a fixed set of test snippets (minimal capital per snippet), certified capital of the same
-snippets (Linear / MLP models on supported inputs), the detector's view of the attacks' orders -> one row per
+snippets (Linear / MLP models on supported inputs; per snippet next to the attack's capital in
+``snippets_<model>-<defense>.csv``), the detector's view of the attacks' orders -> one row per
 (model, defense) in ``metrics.json``'s ``report.defense_table`` (``advsim lob report`` renders it; runs of other
 model kinds on the same market merge into the same table) and the detector's false-positive rate on clean test
 snippets it never saw.
@@ -54,7 +55,7 @@ class DefendConfig:
     search_iter: int = 200
     random_budget: float = 2_000_000.0
     certify: bool = True
-    certify_iterations: int = 12
+    certify_iterations: int = 10
     detector_n: int = 256
     detector_fpr: float = 0.01
     seed: int = 0
@@ -97,10 +98,24 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+def paired_comparison(base: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    """Minimal capitals of the same snippets without and with a defense (NaN: not attacked, +inf: not fooled): on
+    the snippets attacked in both and fooled in at least one, the share where the defense needs more capital and
+    the median ratio (defended / plain; +inf when only the plain model was fooled)."""
+    both = ~np.isnan(base) & ~np.isnan(other) & ~(np.isinf(base) & np.isinf(other))
+    if not both.any():
+        return {"n": 0, "higher": None, "median_ratio": None}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.isinf(other[both]), np.inf, other[both] / base[both])
+    med = float(np.quantile(ratio, 0.5, method="inverted_cdf"))
+    return {"n": int(both.sum()), "higher": float(np.mean(other[both] > base[both])),
+            "median_ratio": med if np.isfinite(med) else None}
+
+
 def run_defense_experiment(cfg: DefendConfig, out: str | Path, progress: bool = True, overwrite: bool = False
                            ) -> dict[str, Any]:
     """The whole run into ``out`` (see the module docstring); returns the metrics written to metrics.json."""
-    from data_loaders.rundir import finish_run, make_run_dir, resolve_device, write_json
+    from data_loaders.rundir import atomic_write_text, finish_run, make_run_dir, resolve_device, write_json
     from lobsim.attacks.capital import evaluate_orders
     from lobsim.attacks.ensemble import EnsembleAttack
     from lobsim.attacks.random import RandomOrders
@@ -132,7 +147,7 @@ def run_defense_experiment(cfg: DefendConfig, out: str | Path, progress: bool = 
     detection = {"clean": evaluate_detector(detector, clean_test, block=block, seed=cfg.seed)}
 
     can_certify = cfg.certify and cfg.model in ("linear", "mlp") and all(i in SUPPORTED for i in cfg.inputs)
-    rows, per_defense = [], {}
+    rows, per_defense, paired = [], {}, {}
     for name in cfg.defenses:
         t0 = time.perf_counter()
         defense = None if name == "none" else DefenseConfig(kind=name, budget=cfg.budget,
@@ -162,6 +177,8 @@ def run_defense_experiment(cfg: DefendConfig, out: str | Path, progress: bool = 
                              block, seed=cfg.seed)
         row: dict[str, Any] = {
             "ticker": ticker, "model": cfg.model, "defense": name, "a_test": ev.accuracy, "a_test_se": ev.stderr,
+            "best_constant": (ev.best_constant or {}).get("accuracy"),
+            "top_class_share": float(np.asarray(ev.confusion).sum(0).max() / max(ev.n, 1)),
             "a_attacked": float(att.mean()), "a_attacked_se": se[0].se,
             "a_rand": float(np.mean(pred_r == batch.labels)), "a_rand_se": se[1].se, "attacked": int(att.sum()),
             "n": int(batch.batch_size),
@@ -173,16 +190,29 @@ def run_defense_experiment(cfg: DefendConfig, out: str | Path, progress: bool = 
             "guard": (trained.info.get("defense") or {}).get("guard"),
         }
         cert_d: dict[str, Any] = {}
-        if can_certify:
+        if can_certify and att.any():  # the attacked snippets (classified right): the table's population
             t2 = time.perf_counter()
-            cert = certify(trained, batch, CertifyConfig(iterations=cfg.certify_iterations), progress=progress)
-            cert_d = cert.to_dict()
-            lin, itv = cert.linear[att], cert.interval[att]
-            row.update(certified_median=float(np.median(lin)) if lin.size else None,
-                       certified_interval_median=float(np.median(itv)) if itv.size else None,
+            ai = np.flatnonzero(att)
+            cert = certify(trained, batch.select(ai), CertifyConfig(iterations=cfg.certify_iterations),
+                           progress=progress)
+            cert_d = dict(cert.to_dict(), index=ai.tolist())
+            lin, itv = np.full(batch.batch_size, np.nan), np.full(batch.batch_size, np.nan)
+            lin[ai], itv[ai] = cert.linear, cert.interval
+            row.update(certified_median=float(np.median(cert.linear)),
+                       certified_q1=float(np.quantile(cert.linear, 0.25)),
+                       certified_q3=float(np.quantile(cert.linear, 0.75)),
+                       certified_interval_median=float(np.median(cert.interval)),
                        certify_seconds=time.perf_counter() - t2)
             ok = att & np.isfinite(caps)
-            row["certified_above_attack"] = int(np.sum(cert.linear[ok] > caps[ok] * (1 + 1e-9)))  # must be 0
+            row["certified_above_attack"] = int(np.sum(lin[ok] > caps[ok] * (1 + 1e-9)))  # must be 0
+            fin = ok & (lin > 0)
+            row["attack_over_certified_median"] = float(np.median(caps[fin] / lin[fin])) if fin.any() else None
+            lines = ["index,day,start,label,attacked,attack_capital,certified_linear,certified_interval"]
+            lines += [f"{i},{int(batch.day[i])},{int(batch.start[i])},{int(batch.labels[i])},{int(att[i])},"
+                      f"{'' if not att[i] else ('inf' if np.isinf(caps[i]) else f'{caps[i]:.2f}')},"
+                      f"{'' if not att[i] else f'{lin[i]:.2f}'},{'' if not att[i] else f'{itv[i]:.2f}'}"
+                      for i in range(batch.batch_size)]
+            atomic_write_text(out / f"snippets_{cfg.model}-{name}.csv", "\n".join(lines) + "\n")
         won = [r for r in recs if r.success]
         if won:
             sub = batch.select([r.index for r in won])
@@ -192,6 +222,9 @@ def run_defense_experiment(cfg: DefendConfig, out: str | Path, progress: bool = 
             detection[name] = d
         rows.append(row)
         per_defense[name] = {"eval": ev.to_dict(), "certificate": cert_d, "row": row}
+        paired[name] = np.where(att, caps, np.nan)
+        if name != "none" and "none" in paired:
+            row["vs_none"] = paired_comparison(paired["none"], paired[name])
         write_json(out / "partial.json", {"rows": rows})  # finished defenses survive an interruption
     (out / "partial.json").unlink(missing_ok=True)
     metrics = {

@@ -215,3 +215,24 @@ def test_a_wrapped_user_torch_model_trains_against_the_attack(market: Market) ->
 
     with pytest.raises(ValueError, match="torch module"):
         robust_finetune(NoTorch(), market, tau, DefenseConfig(), steps=1)
+
+
+def test_a_torch_model_loaded_through_the_stress_interface_trains_against_the_attack() -> None:
+    """The same path for a model given to `advsim lob stress` (lobsim.stress.UserModel around a torch module)."""
+    from lobsim.stress import UserModel, from_callable, parse_config
+    from lobsim.stress.run import market_features
+
+    W = 8
+    cfg = parse_config({"input": {"adapters": ["microprice", "imbalance"], "dt": 0.01, "step": 2, "window": W,
+                                  "channels": {"microprice": {"norm": "log_returns", "scale": 1e-4}}},
+                        "output": {"kind": "classifier", "classes": 3}})
+    books = [make_book(2000, seed=60 + i, regime_switch=1 / 300, date=f"2020-01-0{i + 1}") for i in range(2)]
+    market = Market(books, market_features(cfg))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(W * 2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    user = UserModel(from_callable(net), cfg, books[0].levels)
+    before = [p.detach().clone() for p in net.parameters()]
+    log = robust_finetune(user, market, market.fit_tau(), DefenseConfig(kind="fast", budget=20_000.0), steps=3,
+                          batch=8)
+    assert len(log["log"]) == 3 and all(np.isfinite(e["loss"]) for e in log["log"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))

@@ -31,7 +31,8 @@ def jacobian(model: nn.Module, x: Tensor, max_entries: int = 400_000_000) -> Ten
             if jac is None:
                 if x.shape[0] * c * n_params > max_entries:
                     raise ValueError(f"the Jacobian would hold {x.shape[0] * c} x {n_params} entries "
-                                     f"(> {max_entries}); use fewer images (--ntk-images) or a narrower network")
+                                     f"(> {max_entries}); use fewer images (--set ntk_images=N), a narrower "
+                                     "network, or raise --set ntk_max_entries")
                 jac = torch.empty(x.shape[0] * c, n_params, dtype=out.dtype, device=out.device)
             for k in range(c):
                 gs = torch.autograd.grad(out[0, k], params, retain_graph=k < c - 1, allow_unused=True)
@@ -42,9 +43,10 @@ def jacobian(model: nn.Module, x: Tensor, max_entries: int = 400_000_000) -> Ten
     return jac
 
 
-def empirical_ntk(model: nn.Module, x: Tensor) -> Tensor:
-    """The (N, N, C, C) empirical NTK (float64) of ``model`` at inputs ``x``."""
-    jac = jacobian(model, x).double()
+def empirical_ntk(model: nn.Module, x: Tensor, max_entries: int = 400_000_000) -> Tensor:
+    """The (N, N, C, C) empirical NTK (float64) of ``model`` at inputs ``x``; ``max_entries`` caps the Jacobian's
+    size (N C x parameters)."""
+    jac = jacobian(model, x, max_entries).double()
     n = x.shape[0]
     c = jac.shape[0] // n
     return (jac @ jac.T).reshape(n, c, n, c).permute(0, 2, 1, 3).contiguous()

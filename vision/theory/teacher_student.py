@@ -74,7 +74,7 @@ ATTACKS = ("linf-pgd", "l2-pgd", "l1-pgd", "fgsm", "cw", "transfer")
 
 @dataclass
 class TeacherStudentConfig:
-    """One teacher-student study. Defaults: the CPU preset (Fashion-MNIST subsets, 16-wide conv nets)."""
+    """One teacher-student study. Defaults: the CPU preset (the built-in 8x8 digits, 16-wide conv nets)."""
 
     parts: tuple[str, ...] = ("synthetic", "images")
     # synthetic two-layer part
@@ -90,32 +90,32 @@ class TeacherStudentConfig:
     synth_eps: float = 0.5
     synth_at_steps: int = 5
     # image part
-    dataset: str = "fashion-mnist"
+    dataset: str = "digits"
     root: str | None = None
-    n_train: int | None = 2000
-    n_test: int = 300
+    n_train: int | None = None
+    n_test: int | None = None
     teacher_widths: tuple[int, ...] = (16, 16, 16, 16)
     pruned_widths: tuple[int, ...] = (12, 8, 8, 6)
     student_scale: float = 1.1
-    teacher_epochs: int = 30
-    teacher_finetune_epochs: int = 10
+    teacher_epochs: int = 60
+    teacher_finetune_epochs: int = 20
     teacher_lr: float = 3e-3
-    lr: float = 1e-3
+    lr: float = 3e-3
     batch_size: int = 100
-    st_epochs: tuple[int, ...] = (5, 10, 20)
-    at_epochs: tuple[int, ...] = (2, 5, 10)
-    plane_epochs: int = 5
-    ccat_epochs: int = 10
+    st_epochs: tuple[int, ...] = (25, 50, 100)
+    at_epochs: tuple[int, ...] = (25, 50, 100)
+    plane_epochs: int = 50
+    ccat_epochs: int = 50
     ccat_rhos: tuple[float, ...] = (5.0, 10.0, 20.0)
     ccat_radius: str = "uniform"
     noise_sigma: float = 0.1
     eps: float = 0.1
     train_steps: int = 5
     train_alpha: float | None = None
-    eval_steps: int = 10
-    eval_repeats: int = 2
-    l2_eps: float = 1.0
-    l1_eps: float = 10.0
+    eval_steps: int = 20
+    eval_repeats: int = 3
+    l2_eps: float = 0.5
+    l1_eps: float = 2.0
     pca_components: int | None = None
     pooling: str = "positions"
     figures: bool = True
@@ -308,7 +308,9 @@ def _robust(student: nn.Module, teacher: nn.Module, x: Tensor, cfg: TeacherStude
 
 def _plane_robust(student: nn.Module, teacher: nn.Module, x: Tensor, basis: Tensor, cfg: TeacherStudentConfig
                   ) -> dict[str, float]:
-    """Robust accuracy (%) under in-plane / out-of-plane / standard Linf attacks (two PGD runs per example)."""
+    """Robust accuracy (%) under in-plane / out-of-plane / standard Linf attacks: of two PGD runs per example
+    (different random starts), in-plane keeps the one whose first-layer patches lie more inside the PCA subspace,
+    out-of-plane the other; standard is the first run alone."""
     acc = {"in-plane": [], "out-plane": [], "standard": []}
     for s in range(0, x.shape[0], 150):
         xb = x[s: s + 150].float().div(255.0)
@@ -321,7 +323,7 @@ def _plane_robust(student: nn.Module, teacher: nn.Module, x: Tensor, basis: Tens
         a_in = rb >= ra
         acc["in-plane"].append(torch.where(a_in, ok_a, ok_b))
         acc["out-plane"].append(torch.where(a_in, ok_b, ok_a))
-        acc["standard"].append(ok_a & ok_b)
+        acc["standard"].append(ok_a)  # one plain PGD run, whatever its subspace share
     return {k: 100.0 * float(torch.cat(v).double().mean()) for k, v in acc.items()}
 
 
@@ -374,7 +376,7 @@ def run_teacher_student(cfg: TeacherStudentConfig, out: str | Path, *, overwrite
         raise ValueError(f"parts must be synthetic and/or images, got {cfg.parts}")
     if cfg.synth_rank >= cfg.synth_d or cfg.synth_rank < 1:
         raise ValueError(f"the synthetic subspace rank must be in 1..d-1, got r={cfg.synth_rank}, d={cfg.synth_d}")
-    if min(cfg.st_epochs + cfg.at_epochs) < 1 or cfg.eval_repeats < 1 or cfg.n_test < 1:
+    if min(cfg.st_epochs + cfg.at_epochs) < 1 or cfg.eval_repeats < 1 or (cfg.n_test is not None and cfg.n_test < 1):
         raise ValueError("epochs, eval_repeats and n_test must be >= 1")
     device = resolve_device(cfg.device)
     out = Path(out)
@@ -557,7 +559,7 @@ def _run_images(cfg: TeacherStudentConfig, train: Any, test: Any, out: Path, reu
                           "paper in / out / standard": f"{p[0]} / {p[1]} / {p[2]}"})
         write_table(out, "table2", rows2, "Table 2: robust accuracy (%) of in-plane / out-of-plane / standard AT "
                     "(the in/out attack keeps, of two Linf PGD runs, the one closer to / farther from the patch "
-                    "subspace; standard = both)")
+                    "subspace; standard = the first run alone)")
         res["table2"] = t2
     # Table 3: ST-logit vs ST-label by epoch
     rows3, t3 = [], {}
