@@ -41,6 +41,7 @@ TINY: dict[tuple[str, ...], dict[str, str | None]] = {
     ("lob", "sweep"): {"--dry-run": None},  # a real sweep cell takes ~40 s here; tests/lobsim cover the runs
     ("lob", "stress"): {"--n": "4", "--max-iter": "3", "--restarts": "1", "--search-iter": "20",
                         "--universal-steps": "3", "--universal-n": "4"},
+    ("lob", "certify"): {"--n": "4", "--iterations": "4"},
     ("vision", "train"): {"--epochs": "1", "--n-train": "256", "--n-test": "30", "--batch-size": "64"},
     ("vision", "evaluate"): {"--n": "10", "--steps": "2", "--restarts": "1"},
 }
