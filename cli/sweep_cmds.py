@@ -49,7 +49,8 @@ def lob_sweep(config: str, out_dir: str | None, runner: str, workers: int, addre
         trained = sum(1 for i in instances if i.train)
         click.echo(f"{len(cells)} cells: {sum(len(v) for v in days.values())} ticker-day(s) x "
                    f"{len(instances)} model instance(s) ({trained} to train) x {len(cfg.attacks)} attack(s) x "
-                   f"{len(cfg.fill_models)} fill model(s) x {len(cfg.defenses)} defense(s), budgets inside cells")
+                   f"{len(cfg.fill_models)} fill model(s), budgets inside cells; defense(s) "
+                   f"{', '.join(cfg.defenses)} (each trains its own instances; runs are attacked as trained)")
         return
     summary = run_sweep(cfg, out, runner=runner, workers=workers, address=address, progress=True,
                         max_cells=max_cells)

@@ -1,10 +1,10 @@
-"""Sweeps: many ticker-days x models x attacks x budgets x fill models, resumable, on Ray when installed.
+"""Sweeps: many ticker-days x models x defenses x attacks x budgets x fill models, resumable, on Ray when installed.
 
-``run_sweep(config, out)`` writes the synthetic markets, trains the models the config asks to train, expands the
-cells (:mod:`lobsim.sweep.plan`), runs the unfinished ones (:mod:`lobsim.sweep.runners`: Ray tasks, or one by
-one in this process), stores each finished cell atomically (:mod:`lobsim.sweep.store`) and builds the results
-table (:mod:`lobsim.sweep.table`) and the report (:mod:`lobsim.sweep.report`). Running it again skips the
-finished cells and retries the failed ones. What one cell does is :func:`lobsim.sweep.cell.run_cell`.
+``run_sweep(config, out)`` writes the synthetic markets, trains the models the config asks to train (once per
+defense), expands the cells (:mod:`lobsim.sweep.plan`), runs the unfinished ones (:mod:`lobsim.sweep.runners`:
+Ray tasks, or one by one in this process), stores each finished cell atomically (:mod:`lobsim.sweep.store`) and
+builds the results table (:mod:`lobsim.sweep.table`) and the report (:mod:`lobsim.sweep.report`). Running it again
+skips the finished cells and retries the failed ones. What one cell does is :func:`lobsim.sweep.cell.run_cell`.
 """
 
 from __future__ import annotations

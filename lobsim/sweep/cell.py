@@ -2,7 +2,8 @@
 
 :func:`run_cell` builds the cell's snippets (the test part of a time split of its ticker-day, on the grid of
 the model), runs the attack through the public API and returns one row per budget. To change what a cell
-does (e.g. the capital-attack ensemble of issue 10 or a defense), change this function only.
+does (e.g. the capital-attack ensemble of issue 10), change this function only. A defense is not a cell's
+business: a defended model is another model instance, trained before the cells (``lobsim.sweep.prepare``).
 :func:`execute` wraps it for a worker: threads, timing, memory, and any error captured as data.
 """
 
@@ -160,8 +161,6 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
     d, s = market.test_refs(attack["n"], seed=seed + 1)
     batch = market.batch(d, s, model.tau)
     records = None
-    if cell["defense"] != "none":
-        raise ValueError(f"cell {cell['id']}: defense {cell['defense']!r} is not available in this advsim")
     if attack["kind"] == "capital":
         rows, records = _rows_capital(model, batch, attack, cell["fill_model"], seed, device, cell["instance"])
     elif attack["kind"] == "random":

@@ -19,7 +19,7 @@ ATTACK_KINDS = ("capital", "random")
 CAPITAL_METHODS = ("gradient", "ensemble", "search")  # capital attack: CapitalAttack alone, or the issue-10 ensemble
 MODEL_KINDS = ("linear", "mlp", "lstm")
 SYNTHETIC_PRESETS = ("thick", "thin")
-DEFENSES = ("none",)
+DEFENSE_KINDS = ("fast", "pgd", "universal", "certified")  # lobsim.defenses.DEFENSES (kept here: no torch import)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # Keys each table accepts (value: the Python type(s) it must have).
@@ -37,6 +37,11 @@ _ATTACK_PARAMS: dict[str, dict[str, Any]] = {
 }
 _ATTACK_KEYS: dict[str, Any] = {"name": str, "kind": str, "budgets": list, "n": int}
 _FEATURE_KEYS: dict[str, Any] = {"dt": _NUM, "window_s": _NUM, "horizon_s": _NUM}
+# A defense table: kind and budget (dollars), an optional name, and any lobsim.defenses.DefenseConfig field.
+_DEFENSE_KEYS: dict[str, Any] = {"name": str, "kind": str, "budget": _NUM, "steps": int, "alpha": _NUM, "top": int,
+                                 "density": _NUM, "mix": _NUM, "ramp": _NUM, "adv_batch": int, "guard_every": int,
+                                 "guard_steps": int, "guard_n": int, "guard_drop": _NUM, "universal_lr": _NUM,
+                                 "val_n": int}
 _RUN_KEYS: dict[str, Any] = {"threads_per_cell": int, "gpus_per_cell": (*_NUM, str), "device": str, "group": str}
 _TOP_KEYS: dict[str, Any] = {"name": str, "seed": int, "fill_models": list, "defenses": list,
                              "features": dict, "markets": list, "models": list, "attacks": list, "run": dict}
@@ -104,7 +109,8 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A parsed sweep config; ``base`` is the folder relative paths were resolved against."""
+    """A parsed sweep config; ``base`` is the folder relative paths were resolved against. ``defenses``: the names
+    of the defenses (``"none"``: plain training); ``defense_configs``: the training config of every other one."""
 
     name: str
     seed: int
@@ -117,6 +123,7 @@ class SweepConfig:
     run: RunSpec = field(default_factory=RunSpec)
     source: str = ""
     base: str = "."
+    defense_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> DefenseConfig.to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -215,6 +222,48 @@ def _attack(src: str, i: int, t: dict[str, Any]) -> AttackSpec:
                       params=params)
 
 
+def _budget_name(kind: str, budget: float) -> str:
+    return f"{kind}-{int(budget)}" if float(budget).is_integer() else f"{kind}-{budget:g}"
+
+
+def _defense(src: str, i: int, d: Any) -> tuple[str, dict[str, Any] | None]:
+    """(name, DefenseConfig dict) of one ``defenses`` entry: "none" (None), "KIND:BUDGET" or a table."""
+    where = f"defenses #{i}"
+    if d == "none":
+        return "none", None
+    if isinstance(d, str):
+        kind, sep, budget = d.partition(":")
+        try:
+            value = float(budget)
+        except ValueError:
+            value = None
+        if kind in DEFENSE_KINDS and (not sep or value is None):
+            raise ValueError(f"{src}: {where}: {d!r} needs its training budget in dollars, e.g. \"{kind}:30000\" or "
+                             f"{{kind = \"{kind}\", budget = 30000}}")
+        t: dict[str, Any] = {"kind": kind, "budget": value}
+    elif isinstance(d, dict):
+        t = dict(d)
+        _check_keys(src, where, t, _DEFENSE_KEYS, ("kind", "budget"))
+    else:
+        raise ValueError(f"{src}: {where}: expected \"none\", \"KIND:BUDGET\" or a table, got {d!r}")
+    if t["kind"] not in DEFENSE_KINDS:
+        raise ValueError(f"{src}: {where}: unknown defense kind {t['kind']!r} (choose \"none\" or one of "
+                         f"{', '.join(DEFENSE_KINDS)})")
+    budget = t["budget"]
+    if budget is None or not math.isfinite(budget) or budget <= 0:
+        raise ValueError(f"{src}: {where}: budget must be a positive dollar amount, got {budget!r}")
+    name = _name(src, where, t.pop("name", None) or _budget_name(t["kind"], float(budget)))
+    if name == "none":
+        raise ValueError(f"{src}: {where}: the name \"none\" is taken (plain training)")
+    from lobsim.defenses.adversarial_training import DefenseConfig
+
+    try:
+        cfg = DefenseConfig(**{**t, "budget": float(budget)})
+    except ValueError as exc:
+        raise ValueError(f"{src}: {where} ({name}): {exc}") from None
+    return name, cfg.to_dict()
+
+
 def _unique(src: str, what: str, names: list[str]) -> None:
     seen = set()
     for n in names:
@@ -248,13 +297,18 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base: str | os.P
     for f in fills:
         if f not in FILL_MODELS:
             raise ValueError(f"{src}: fill_models: {f!r} is not a fill model (choose from {FILL_MODELS})")
-    defenses = tuple(raw.get("defenses", ["none"]))
-    for d in defenses:
-        if d not in DEFENSES:
-            raise ValueError(f"{src}: defenses: {d!r} is not available (this advsim has {DEFENSES}; an adversarially "
-                             "trained model is given as another [[models]] run)")
+    parsed = [_defense(src, i + 1, d) for i, d in enumerate(raw.get("defenses", ["none"]))]
+    defenses = tuple(n for n, _ in parsed)
     if not fills or not defenses:
         raise ValueError(f"{src}: fill_models and defenses must not be empty")
+    dup = next((n for n in defenses if defenses.count(n) > 1), None)
+    if dup is not None:
+        raise ValueError(f"{src}: defenses: {dup!r} is listed twice (give the tables different names)")
+    if "none" not in defenses:
+        runs = [m.name for m in models if m.run]
+        if runs:
+            raise ValueError(f"{src}: defenses: [[models]] {runs[0]!r} is a trained run, attacked as trained under "
+                             "defense \"none\": add \"none\" to defenses (the defenses train the train models only)")
     run = raw.get("run", {})
     _check_keys(src, "[run]", run, _RUN_KEYS)
     spec = RunSpec(**run)
@@ -269,7 +323,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>", base: str | os.P
     name = _name(src, "name", raw.get("name", stem if _NAME.match(stem) else "sweep"))
     return SweepConfig(name=name, seed=int(raw.get("seed", 0)), features=feats, markets=markets, models=models,
                        attacks=attacks, fill_models=fills, defenses=defenses, run=spec, source=str(source),
-                       base=str(base))
+                       base=str(base), defense_configs={n: c for n, c in parsed if c is not None})
 
 
 def load_config(path: str | os.PathLike) -> SweepConfig:

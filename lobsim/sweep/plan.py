@@ -1,6 +1,9 @@
 """Expanding a sweep config into work: ticker-days per market, model instances, and cells.
 
-A cell is one (ticker-day, model, attack, fill model, defense); the attack's budgets are evaluated inside the
+A model the sweep trains gets one instance per (train spec, training market, defense): a defense is a way of
+training a model, so it is part of the instance (its config is in the instance's key); a trained run is attacked as
+trained, under defense ``"none"`` only. A cell is one (ticker-day, model instance, attack, fill model); its
+``defense`` is its instance's. The attack's budgets are evaluated inside the
 cell (one capital-attack run at the largest budget gives the exact result at every smaller budget, see
 ``lobsim.attacks.records.capital_curve``), so the results table has one row per cell and budget.
 
@@ -53,6 +56,7 @@ class ModelInstance:
     """A model the cells attack: a trained run, or a train spec to train into ``run_dir`` first (``train`` set).
 
     ``markets``: the markets whose cells use it. ``key``: what determines its weights (for the cell keys).
+    ``defense``: the name of the defense it is trained with (``"none"``: plain training, or a trained run).
     """
 
     name: str
@@ -61,6 +65,7 @@ class ModelInstance:
     markets: tuple[str, ...]
     key: str
     train: dict[str, Any] | None = None
+    defense: str = "none"
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,9 @@ def _run_fingerprint(spec: ModelSpec, src: str) -> str:
 
 
 def model_instances(cfg: SweepConfig, days: dict[str, list[DayRef]], out: Path) -> list[ModelInstance]:
-    """One instance per run, per (train spec, market) for ``train_on = "each"``, per train spec otherwise."""
+    """One instance per run; per (train spec, market, defense) for ``train_on = "each"``, per (train spec,
+    defense) otherwise. A defended instance is named like the plain one (the ``defense`` column tells them apart);
+    its run folder is ``models/NAME+DEFENSE-KEY``."""
     insts: list[ModelInstance] = []
     all_markets = tuple(m.name for m in cfg.markets)
     for spec in cfg.models:
@@ -143,18 +150,24 @@ def model_instances(cfg: SweepConfig, days: dict[str, list[DayRef]], out: Path) 
         for train_market, used_by, name in targets:
             mspec = next(m for m in cfg.markets if m.name == train_market)
             train = {"kind": "mlp", "preset": "small", "seed": cfg.seed, **(spec.train or {})}
-            ident = {"train": train, "features": asdict(cfg.features), "market": train_market,
-                     "days": [d.file for d in days[train_market]], "start": mspec.start, "end": mspec.end}
-            key = key_hash(ident, 16)
-            run_dir = out / "models" / f"{safe_name(name)}-{key[:8]}"
-            payload = {**ident, "paths": [d.path for d in days[train_market]], "out": str(run_dir),
-                       "device": cfg.run.device, "threads": cfg.run.threads_per_cell, "name": name}
-            insts.append(ModelInstance(name, spec.name, str(run_dir), used_by, "train:" + key, payload))
+            for defense in cfg.defenses:
+                ident = {"train": train, "features": asdict(cfg.features), "market": train_market,
+                         "days": [d.file for d in days[train_market]], "start": mspec.start, "end": mspec.end}
+                folder = name
+                if defense != "none":  # the plain instance keeps the key (and cells) it had before defenses
+                    ident["defense"] = cfg.defense_configs[defense]
+                    folder = f"{name}+{defense}"
+                key = key_hash(ident, 16)
+                run_dir = out / "models" / f"{safe_name(folder)}-{key[:8]}"
+                payload = {**ident, "paths": [d.path for d in days[train_market]], "out": str(run_dir),
+                           "device": cfg.run.device, "threads": cfg.run.threads_per_cell, "name": name}
+                insts.append(ModelInstance(name, spec.name, str(run_dir), used_by, "train:" + key, payload, defense))
     return insts
 
 
 def expand_cells(cfg: SweepConfig, days: dict[str, list[DayRef]], instances: list[ModelInstance]) -> list[Cell]:
-    """Every (ticker-day, model instance, attack, fill model, defense) of the config, in a stable order."""
+    """Every (ticker-day, model instance, attack, fill model) of the config, in a stable order; the cell's defense
+    is its instance's."""
     cells: list[Cell] = []
     for m in cfg.markets:
         for d in days[m.name]:
@@ -165,16 +178,16 @@ def expand_cells(cfg: SweepConfig, days: dict[str, list[DayRef]], instances: lis
                     a = asdict(atk)
                     a["budgets"] = list(atk.budgets)
                     for fill in cfg.fill_models:
-                        for defense in cfg.defenses:
-                            key = {"market": m.name, "ticker": d.ticker, "date": d.date, "day_file": d.file,
-                                   "start": d.start, "end": d.end, "model": inst.key, "instance": inst.name,
-                                   "attack": a, "fill_model": fill, "defense": defense, "seed": cfg.seed}
-                            parts = [m.name, d.ticker, d.date, inst.name, atk.name, fill]
-                            if defense != "none":
-                                parts.append(defense)
-                            cid = safe_name(".".join(p for p in parts if p)) + "." + key_hash(key)
-                            cells.append(Cell(cid, key, d, inst.spec, inst.name, inst.run_dir, a, fill, defense,
-                                              cfg.seed, cfg.run.device, cfg.run.threads_per_cell))
+                        defense = inst.defense
+                        key = {"market": m.name, "ticker": d.ticker, "date": d.date, "day_file": d.file,
+                               "start": d.start, "end": d.end, "model": inst.key, "instance": inst.name,
+                               "attack": a, "fill_model": fill, "defense": defense, "seed": cfg.seed}
+                        parts = [m.name, d.ticker, d.date, inst.name, atk.name, fill]
+                        if defense != "none":
+                            parts.append(defense)
+                        cid = safe_name(".".join(p for p in parts if p)) + "." + key_hash(key)
+                        cells.append(Cell(cid, key, d, inst.spec, inst.name, inst.run_dir, a, fill, defense,
+                                          cfg.seed, cfg.run.device, cfg.run.threads_per_cell))
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)

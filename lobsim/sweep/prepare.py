@@ -43,14 +43,16 @@ def model_done(run_dir: str | Path) -> bool:
 
 
 def train_instance(payload: dict[str, Any]) -> dict[str, Any]:
-    """Train one model instance (payload from ``plan.model_instances``); never raises for a failing training."""
+    """Train one model instance (payload from ``plan.model_instances``, with its ``defense`` when it has one:
+    ``lobsim.defenses.train_defended``); never raises for a failing training."""
     from data_loaders.runtime import set_threads
 
     set_threads(int(payload.get("threads", 1)))
     t0 = time.perf_counter()
     try:
         from lobsim.dataset import FeatureConfig, Market
-        from lobsim.train import default_config, train
+        from lobsim.defenses.adversarial_training import train_defended
+        from lobsim.train import default_config
 
         features = FeatureConfig(**payload["features"])
         spec = dict(payload["train"])
@@ -58,9 +60,10 @@ def train_instance(payload: dict[str, Any]) -> dict[str, Any]:
         data = {"paths": list(payload["paths"]), "dt": features.dt, "start": payload["start"], "end": payload["end"],
                 "split": "auto", "train_fraction": 0.8, "synthetic": None}
         cfg = default_config(kind, preset, features, device=payload["device"], data=data, **spec)
+        cfg.defense = payload.get("defense")  # a DefenseConfig dict (recorded in config.json / model.json) or None
         market = Market.from_paths(data["paths"], dt=features.dt, start=data["start"], end=data["end"],
                                    features=features)
-        train(cfg, market, payload["out"], progress=False, resume=True)
+        train_defended(cfg, market, payload["out"], progress=False, resume=True)
     except Exception as exc:  # noqa: BLE001 - reported per model; the cells that need it fail with this message
         msg = " ".join(str(exc).split()) or type(exc).__name__
         return {"ok": False, "error": f"{type(exc).__name__}: {msg}", "traceback": traceback.format_exc()}

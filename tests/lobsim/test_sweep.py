@@ -346,3 +346,110 @@ def test_runner_choice_without_ray(monkeypatch: pytest.MonkeyPatch) -> None:
         make_runner("ray")
     with pytest.raises(ValueError, match="--address needs the Ray runner"):
         make_runner("local", address="auto")
+
+
+# ------------------------------------------------------------------------------------------------- defenses
+
+
+def test_sweep_trains_each_model_once_per_defense(tmp_path: Path) -> None:
+    """defenses = ["none", a fast defense]: one plain and one defended instance, rows for both, the defended run
+    records its defense, the plain cells keep the names they have without defenses, and a rerun trains nothing."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    text = """
+name = "def"
+defenses = ["none", {kind = "fast", budget = 30000, val_n = 32}]
+[features]
+dt = 0.1
+window_s = 10.0
+horizon_s = 3.0
+[[markets]]
+name = "syn"
+synthetic = "thick"
+days = 1
+hours = 0.1
+seed = 5
+[[models]]
+name = "lin"
+train = { kind = "linear", steps = 5, batch = 16 }
+[[attacks]]
+kind = "capital"
+budgets = [3e5]
+n = 4
+max_iter = 10
+step_shares = 3.0
+[run]
+gpus_per_cell = 0
+"""
+    cfg_path = tmp_path / "def.toml"
+    cfg_path.write_text(text)
+    out = tmp_path / "o"
+    s = run_sweep(cfg_path, out, runner="local", progress=False)
+    assert (s.cells, s.done, s.failed, s.instances, s.days) == (2, 2, 0, 2, 1)
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(df.defense) == ["fast-30000", "none"] and set(df.instance) == {"lin@syn"} and len(df) == 2
+    assert df[df.defense == "fast-30000"].cell.str.contains(r"\.lin@syn\.capital\.touch\.fast-30000\.").all()
+    (plain,) = (out / "models").glob("lin@syn-*/model.json")
+    (fast,) = (out / "models").glob("lin@syn+fast-30000-*/model.json")
+    assert json.loads(plain.read_text())["config"]["defense"] is None
+    for f in (fast, fast.with_name("config.json")):
+        d = json.loads(f.read_text())
+        d = d.get("config", d)["defense"]
+        assert (d["kind"], d["budget"], d["val_n"], d["steps"]) == ("fast", 30000.0, 32, 1)
+    assert "defense" in json.loads(fast.with_name("train_log.json").read_text())  # the hook ran
+    w0, w1 = (load_file(str(p.with_name("weights.safetensors"))) for p in (plain, fast))
+    assert any(not np.array_equal(w0[k].numpy(), w1[k].numpy()) for k in w0)  # the defense changed the training
+    assert "defense fast-30000" in (out / "report" / "report.md").read_text()
+    stamp = fast.stat().st_mtime_ns
+    s2 = run_sweep(cfg_path, out, runner="local", progress=False)
+    assert (s2.skipped, s2.ran) == (2, 0) and fast.stat().st_mtime_ns == stamp
+    # The plain instance and its cells are those of the same sweep without defenses.
+    none_only = tmp_path / "none.toml"
+    none_only.write_text(text.replace('defenses = ["none", {kind = "fast", budget = 30000, val_n = 32}]', ""))
+    _, inst, cells = plan_sweep(load_config(none_only), out)
+    assert [i.run_dir for i in inst] == [str(plain.parent)]
+    assert [c.id for c in cells] == list(df[df.defense == "none"].cell)
+
+
+def test_defenses_skip_trained_runs_and_string_syntax(world: dict) -> None:
+    """A trained run is attacked as trained (defense "none" only); "fast:30000" equals the table form."""
+    from lobsim.defenses import DEFENSES
+    from lobsim.sweep.config import DEFENSE_KINDS
+
+    assert DEFENSE_KINDS == DEFENSES
+    cfg = load_config(_config(world))
+    raw = {**_raw(cfg), "defenses": ["none", "fast:30000", {"kind": "pgd", "budget": 1e4, "name": "p"}],
+           "models": [{"name": "linear", "run": cfg.models[0].run},
+                      {"name": "lin", "train": {"kind": "linear", "steps": 5}}]}
+    cfg2 = parse_config(raw, cfg.source, cfg.base)
+    assert cfg2.defenses == ("none", "fast-30000", "p")
+    table = parse_config({**raw, "defenses": ["none", {"kind": "fast", "budget": 30000}]}, cfg.source, cfg.base)
+    assert table.defense_configs == {"fast-30000": cfg2.defense_configs["fast-30000"]}
+    _, inst, cells = plan_sweep(cfg2, world["root"] / "plan-def")
+    assert [(i.name, i.defense) for i in inst] == [("linear", "none"), ("lin@thick", "none"),
+                                                   ("lin@thick", "fast-30000"), ("lin@thick", "p")]
+    assert cfg2.defense_configs["p"]["steps"] == 5 and cfg2.defense_configs["fast-30000"]["budget"] == 30000.0
+    assert {(c.instance, c.defense) for c in cells} == {(i.name, i.defense) for i in inst}
+    assert len(cells) == 2 * 4 and len({c.id for c in cells}) == 8
+    assert len({i.run_dir for i in inst}) == 4
+
+
+@pytest.mark.parametrize("defenses, match", [
+    ('["none", "shield:30000"]', r"defenses #2: unknown defense kind 'shield' \(choose \"none\" or one of fast"),
+    ('["none", {kind = "shield", budget = 1}]', r"defenses #2: unknown defense kind 'shield'"),
+    ('["fast"]', r"defenses #1: 'fast' needs its training budget in dollars"),
+    ('[{kind = "fast", budget = -3}]', r"defenses #1: budget must be a positive dollar amount"),
+    ('[{kind = "fast", budget = 3, bogus = 1}]', r"defenses #1: unknown key 'bogus'"),
+    ('[{kind = "pgd", budget = 3, steps = 0}]', r"defenses #1 \(pgd-3\): DefenseConfig: need steps >= 1"),
+    ('["fast:3", {kind = "fast", budget = 3.0}]', r"defenses: 'fast-3' is listed twice"),
+    ('["fast:3"]', r"defenses: \[\[models\]\] 'a' is a trained run, attacked as trained"),
+    ('[1]', r"defenses #1: expected \"none\", \"KIND:BUDGET\" or a table"),
+])
+def test_defense_config_errors_name_file_and_key(tmp_path: Path, defenses: str, match: str) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text(f'defenses = {defenses}\n[[markets]]\nname="m"\ndata=["d"]\n[[models]]\nname="a"\nrun="r"\n'
+                 '[[models]]\nname="b"\ntrain={kind="mlp"}\n[[attacks]]\nkind="random"\nbudgets=[1]')
+    with pytest.raises(ValueError, match=match) as exc:
+        load_config(p)
+    assert str(exc.value).startswith(str(p)) and "\n" not in str(exc.value)
