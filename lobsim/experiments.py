@@ -105,7 +105,9 @@ def preset_config(name: str, **overrides: Any) -> ExperimentConfig:
     return ExperimentConfig(**d)
 
 
-def _market(cfg: ExperimentConfig, out: Path, progress: bool):
+def experiment_market(cfg: ExperimentConfig, out: Path, progress: bool):
+    """The market of an experiment config (synthetic days written into ``out/data``, or the given LOBSTER days):
+    ``(Market, FeatureConfig, data entry for the trained models' configs)``."""
     from lobsim.dataset import FeatureConfig, Market
 
     paths = list(cfg.data)
@@ -120,14 +122,7 @@ def _market(cfg: ExperimentConfig, out: Path, progress: bool):
     return Market.from_paths(paths, dt=cfg.dt, features=features, progress=progress), features, data_cfg
 
 
-def market_of(trained: Any, progress: bool = False):
-    """Rebuild the market a trained model was trained on (from its config's data entry, see lobsim.runs)."""
-    from lobsim.runs import market_of as _market_of
-
-    return _market_of(trained, progress=progress)
-
-
-def _data_for(data_cfg: dict[str, Any], run_dir: Path, root: Path) -> dict[str, Any]:
+def run_data_entry(data_cfg: dict[str, Any], run_dir: Path, root: Path) -> dict[str, Any]:
     """``data_cfg`` with paths stored relative to ``run_dir`` when the data lives inside ``root`` (movable runs)."""
     from data_loaders.rundir import stored_path
 
@@ -195,7 +190,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
     out = make_run_dir(out, cfg, overwrite=overwrite)
     device = resolve_device(cfg.device)
     timings: dict[str, float] = {}
-    market, features, data_cfg = _market(cfg, out, progress)
+    market, features, data_cfg = experiment_market(cfg, out, progress)
     ticker = market.books[0].ticker
     timings["data"] = time.perf_counter() - t0
 
@@ -205,7 +200,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, progress: bool = True
         t = time.perf_counter()
         tcfg = default_config(kind, cfg.model_preset, features, steps=cfg.train_steps, batch=cfg.train_batch,
                               device=device, seed=cfg.seed + i, eval_n=cfg.eval_n, inputs=cfg.inputs,
-                              data=_data_for(data_cfg, out / "models" / kind, out))
+                              data=run_data_entry(data_cfg, out / "models" / kind, out))
         models[kind] = train(tcfg, market, out / "models" / kind, progress=progress, resume=False)
         evals[kind] = evaluate(models[kind], market, n=cfg.eval_n, seed=cfg.seed)
         timings[f"train_{kind}"] = time.perf_counter() - t
@@ -368,6 +363,8 @@ def run_attack(kind: str, model_run: str | Path, out: str | Path, victims: tuple
     model = _load(model_run, device)
     vic = {_name(v): _load(v, device) for v in victims}
     check_compatible(model, vic)
+    from lobsim.runs import market_of
+
     market = market_of(model, progress=progress)
     ticker = market.books[0].ticker
     day, start = market.test_refs(n, seed=seed + 1)

@@ -27,6 +27,18 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One torch thread for the whole suite: the tests' tiny models run fastest on one thread, and on a busy
+    2-core machine two threads can be 10-100x slower. Module fixtures that train a model request it by name."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def cuda_device() -> str:
     """``cuda`` when a GPU is present, else skip."""

@@ -64,14 +64,6 @@ def assert_one_line_error(res, before: dict, *folders: Path, code: int | None = 
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True, scope="module")
 def _private_cache(tmp_path_factory):
     """The parquet cache of the LOBSTER loader lives in the test's temporary folder, not in ~/.cache."""
     with pytest.MonkeyPatch.context() as mp:

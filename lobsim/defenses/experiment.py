@@ -124,7 +124,7 @@ def run_defense_experiment(cfg: DefendConfig, out: str | Path, progress: bool = 
     from lobsim.defenses.certify import CertifyConfig, certify
     from lobsim.defenses.detection import SizeAnomalyDetector, evaluate_detector
     from lobsim.defenses.fractional import SUPPORTED
-    from lobsim.experiments import ExperimentConfig, _data_for, _market
+    from lobsim.experiments import ExperimentConfig, experiment_market, run_data_entry
     from lobsim.propagation import propagate
     from lobsim.stats import block_bootstrap
     from lobsim.train import default_config, evaluate
@@ -134,7 +134,7 @@ def run_defense_experiment(cfg: DefendConfig, out: str | Path, progress: bool = 
     device = resolve_device(cfg.device)
     ecfg = ExperimentConfig(synthetic=cfg.synthetic, data=list(cfg.data), days=cfg.days, hours=cfg.hours, dt=cfg.dt,
                             window_s=cfg.window_s, horizon_s=cfg.horizon_s, seed=cfg.seed)
-    market, features, data_cfg = _market(ecfg, out, progress)
+    market, features, data_cfg = experiment_market(ecfg, out, progress)
     ticker = market.books[0].ticker
     block = market.window + market.horizon
     day, start = market.test_refs(cfg.attack_n, seed=cfg.seed + 1)
@@ -155,7 +155,7 @@ def run_defense_experiment(cfg: DefendConfig, out: str | Path, progress: bool = 
         run_dir = out / "models" / f"{cfg.model}-{name}"
         tcfg = default_config(cfg.model, cfg.preset, features, steps=cfg.train_steps, batch=cfg.train_batch,
                               device=device, seed=cfg.seed, eval_n=cfg.eval_n, inputs=cfg.inputs,
-                              data=_data_for(data_cfg, run_dir, out))
+                              data=run_data_entry(data_cfg, run_dir, out))
         tcfg.defense = defense
         trained = train_defended(tcfg, market, run_dir, progress=progress, resume=False)
         train_s = time.perf_counter() - t0

@@ -24,14 +24,6 @@ from tests.lobsim.test_capital_attack import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class MaskedPlanted(PlantedModel):
     """The planted model behind a hard quantisation of its input: the forward is a step function, so every
     gradient is exactly zero (shattered gradients); the model outputs still move in steps of ``q`` theta."""

@@ -20,14 +20,6 @@ from tests.lobsim.test_capital_attack import TinyModel, label_batch, random_batc
 from tests.lobsim.test_propagation import make_batch, random_orders
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def simplex_reference(y: np.ndarray, eps: float) -> np.ndarray:
     """Projection of y onto {x >= 0, sum x <= eps} by the sorting formula (Held, Wolfe and Crowder)."""
     x = np.maximum(y, 0.0)

@@ -25,16 +25,6 @@ from lobsim.models import ModelConfig, build_model
 from lobsim.propagation import propagate
 from lobsim.snippets import SnippetBatch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one torch thread avoids spin-wait overhead on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---- generated books and small models (shared with test_universal_attack) ----
 
 

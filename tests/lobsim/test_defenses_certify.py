@@ -24,14 +24,6 @@ from lobsim.train import TrainConfig, TrainedModel
 from tests.lobsim.test_capital_attack import random_batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def masked_batch(B: int = 6, W: int = 24, L: int = 4, seed: int = 3):
     """Random books with some empty deep ask levels (masked) and executions."""
     batch = random_batch(B=B, W=W, L=L, seed=seed)

@@ -5,19 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from lobsim.dataset import FeatureConfig, Market
 from lobsim.defenses.detection import SizeAnomalyDetector, evaluate_detector
 from tests.lobsim.test_dataset import make_book
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

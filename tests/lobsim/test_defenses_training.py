@@ -25,14 +25,6 @@ from tests.lobsim.test_dataset import make_book
 FEATS = FeatureConfig(dt=0.01, window_s=0.4, horizon_s=0.2)  # W = 40, H = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def market() -> Market:
     """A random walk with a persistent drift (a learnable momentum signal), $50 a share, ~100 shares a level."""

@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cli import main
@@ -14,14 +13,6 @@ from lobsim.attacks.records import read_jsonl
 from lobsim.experiments import ExperimentConfig, preset_config, run_experiment
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,6 @@ from torch import nn
 from lobsim.models import AvgPool, ModelConfig, attack_mode, build_model, count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("kind", ["linear", "mlp", "lstm"])
 def test_small_models_map_windows_to_three_logits(kind: str) -> None:
     torch.manual_seed(0)

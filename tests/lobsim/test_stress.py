@@ -24,14 +24,6 @@ CFG = {"input": {"adapters": ["microprice", "imbalance", "sizes"], "dt": 0.1, "s
 C = 1 + 1 + 6  # channels of CFG
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def market(tmp_path_factory):
     from data_loaders.synthetic import write_days

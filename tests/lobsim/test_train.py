@@ -18,15 +18,6 @@ from tests.lobsim.test_dataset import make_book
 FEATS = FeatureConfig(dt=0.01, window_s=0.6, horizon_s=0.2)  # W = 60, H = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train much faster on one thread, above all on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def momentum_market() -> Market:
     """Three days of a random walk whose drift persists (flips ~every 400 steps): the past predicts the future."""

@@ -14,14 +14,6 @@ from lobsim.propagation import propagate, universal_orders
 from tests.lobsim.test_capital_attack import TinyModel, label_batch, random_batch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TrendModel:
     """Predicts up when SWA rose by more than theta over the last quarter of the window, down when it fell."""
 

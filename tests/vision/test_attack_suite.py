@@ -14,14 +14,6 @@ from vision.attacks.losses import dlr_loss, dlr_targeted_loss, margin
 from vision.attacks.suite import run_suite, standard_suite
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits(one_thread):
     """An MLP trained on 1,400 digits; (model, x_test, y_test) with 200 held-out examples."""

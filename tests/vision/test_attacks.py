@@ -27,15 +27,6 @@ def _assert_feasible(x: torch.Tensor, x_adv: torch.Tensor, norm: str, eps: float
     assert (_norms(x_adv - x)[norm] <= eps * (1 + 1e-5) + 1e-6).all()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine two threads can be 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits(one_thread):
     """A small MLP trained on 1,400 digits; returns (model, x_test, y_test) with 256 held-out examples."""

@@ -18,14 +18,6 @@ from vision.certify.studies import interval_bounds, mlp, toy_points
 from vision.certify.training import eps_ramp, step_decay
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class ResBN(nn.Module):
     """Conv -> BatchNorm (running stats) -> ReLU -> residual block -> average pool -> linear."""
 

@@ -20,14 +20,6 @@ from vision.models import build_model
 from vision.train import VisionTrainConfig, train_run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_images("digits", split="train"), load_images("digits", split="test")

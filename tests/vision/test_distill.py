@@ -15,14 +15,6 @@ from vision.distill.steps import ARDStep, KDStep, ReplayStep
 from vision.models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _teacher_dir(path, num_classes=10, seed=0):
     """A teacher run directory made by hand: an untrained mnist_small on 8x8 digits (the tests need its logits,
     not its accuracy)."""

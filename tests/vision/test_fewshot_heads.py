@@ -11,14 +11,6 @@ from vision.fewshot.heads import MAMLHead, ProtoHead, RidgeHead, SVMHead, build_
 from vision.fewshot.svm_qp import cs_svm_alpha, kkt_residuals, project_simplex, solve_cs_dual
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _task(b=2, way=3, shot=2, d=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, way * shot, d, generator=g, dtype=torch.float64)

@@ -16,14 +16,6 @@ from vision.fewshot.model import build_fewshot_model
 from vision.fewshot.train import FewShotConfig, query_loss, resolve_fewshot_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _setup(head="ridge", training="aq"):
     torch.manual_seed(0)
     c = resolve_fewshot_config(FewShotConfig(head=head, training=training, width=8, way=3, eps=0.1, maml_steps=2))

@@ -9,15 +9,6 @@ import torch
 from vision.augment import augment, random_crop
 from vision.models import CIFAR10_MEAN, CIFAR10_STD, build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # Published parameter counts: WRN-34-10 46,160,474 and WRN-28-10 36,479,194 (TRADES / robust-overfitting code);
 # CIFAR ResNet-18 11,173,962; the large MNIST net 1,974,762 (spec-003 Table 3.4); the small net
 # 16*16+16 + 32*16*16+32 + 1568*100+100 + 100*10+10 = 166,406; PreActResNet-18 of the fast-AT code 11,171,146

@@ -11,15 +11,6 @@ from hypothesis import strategies as st
 from vision.attacks.projections import clip_box, project, project_l1, project_l1_box, project_l2, project_linf
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors run fastest on one thread (two threads on a busy 2-core machine can be far slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _ref_l1_box(v: np.ndarray, eps: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Slow reference: bisection on the multiplier lam of sign(v) * clip(|v| - lam, 0, b) (float64, 200 rounds)."""
     a = np.abs(v)

@@ -10,14 +10,6 @@ from data_loaders.rundir import load_weights, read_json
 from vision.robust_overfitting import RobustOverfittingConfig, preset_config, run_robust_overfitting, summarise_curve
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _row(epoch, test, val, clean=0.1):
     return {"epoch": epoch, "test_robust_err": test, "val_robust_err": val, "test_clean_err": clean}
 

@@ -20,14 +20,6 @@ from vision.studies.alignment import (
 from vision.studies.common import fit, load_subset, make_optimizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_alignment_kl_matches_a_hand_computation():
     g = torch.Generator().manual_seed(0)
     s, w = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
@@ -44,7 +36,7 @@ def test_alignment_kl_matches_a_hand_computation():
 
 
 @pytest.fixture(scope="module")
-def digits_pair(_one_thread):
+def digits_pair(one_thread):
     from vision.defenses.standard import StandardTraining
     from vision.models import build_model
 

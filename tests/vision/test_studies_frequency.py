@@ -33,14 +33,6 @@ from vision.studies.frequency import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("n", [3, 8, 28])
 def test_dct_basis_is_orthonormal_and_matches_scipy(n):
     c = dct_matrix(n)

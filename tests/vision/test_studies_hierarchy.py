@@ -26,14 +26,6 @@ from vision.studies.hierarchy import (
 DIGITS_H = "low:0,1,2,3,4;high:5,6,7,8,9"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_builtin_hierarchies_follow_table_5_1_and_the_documented_fashion_grouping():
     c10 = HIERARCHIES["cifar10"].describe(CIFAR10_CLASSES)
     assert c10 == {"animals": ["bird", "cat", "deer", "dog", "frog", "horse"],
@@ -93,7 +85,7 @@ def test_pgd_t_targets_lie_outside_the_true_meta_class():
 
 
 @pytest.fixture(scope="module")
-def digits_model(_one_thread):
+def digits_model(one_thread):
     train = load_subset("digits", None, "train", None, 0)
     test = load_subset("digits", None, "test", 150, None)
     from vision.defenses.standard import StandardTraining

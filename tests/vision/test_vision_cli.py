@@ -6,20 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from cli import main
 from data_loaders.rundir import load_weights
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 TRAIN = ["vision", "train", "--dataset", "digits", "--defense", "fast", "--eps", "26/255", "--optimizer", "adam",
          "--lr-max", "5e-3", "--weight-decay", "0", "--epochs", "3", "--batch-size", "64", "--n-test", "200",

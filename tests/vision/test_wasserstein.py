@@ -14,14 +14,6 @@ from vision.wasserstein.exact import exact_projection, wasserstein_lp
 from vision.wasserstein.sinkhorn import _fold_back, _unfold, lambertw_exp, local_cost, project_wasserstein
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _image(seed: int, h: int = 4, w: int = 4, sparse: float = 0.3) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(1, 1, h, w, generator=g, dtype=torch.float64)
