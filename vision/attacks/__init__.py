@@ -9,8 +9,9 @@ APGD-T (targeted DLR over the most likely wrong classes), and the gradient-free 
 from .apgd import APGD, APGDT
 from .base import Attack, AttackResult
 from .fgsm import FGSM
+from .mifgsm import MIFGSM
 from .msd import MSD
 from .pgd import PGD
 from .square import Square
 
-__all__ = ["Attack", "AttackResult", "APGD", "APGDT", "FGSM", "MSD", "PGD", "Square"]
+__all__ = ["Attack", "AttackResult", "APGD", "APGDT", "FGSM", "MIFGSM", "MSD", "PGD", "Square"]
