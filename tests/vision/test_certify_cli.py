@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli import main
@@ -91,3 +92,25 @@ def test_tightness_study_and_errors(tmp_path):
     bad = r.invoke(main, ["vision", "certified-train", "--dataset", "digits", "--model", "nope", "--out",
                           str(tmp_path / "y"), "--quiet"])
     assert bad.exit_code == 1 and "unknown model" in bad.output
+
+
+def test_toy_points_separation_rules():
+    from vision.certify.studies import toy_points
+
+    for norm, sep in (("linf", 0.16), ("l1", 0.32)):
+        x, _ = toy_points(12, sep, seed=1, norm=norm)
+        d = (x[:, None] - x[None]).abs()
+        d = d.amax(-1) if norm == "linf" else d.sum(-1)
+        assert float((d + 10 * torch.eye(12)).min()) >= sep
+    with pytest.raises(ValueError, match="norm"):
+        toy_points(4, 0.1, norm="l2")
+
+
+@pytest.mark.slow
+def test_toy_study_reaches_zero_certified_robust_error(tmp_path):
+    """C8: with the thesis' point rule (l1 > 4 eps) the robust loss certifies all 12 points at eps = 0.08."""
+    out = tmp_path / "toy"
+    _ok(CliRunner().invoke(main, ["vision", "certify-study", "toy", "--seed", "0", "--set", "iters=1000",
+                                  "--out", str(out), "--quiet", "--threads", "1"]))
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["certified_err"] == 0.0 and m["pgd_err"] == 0.0 and m["min_margin"] > 0

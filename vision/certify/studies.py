@@ -64,8 +64,14 @@ class FromUnit(nn.Module):
         return self.net(self.scale * u + self.lo)
 
 
-def toy_points(n: int = 12, sep: float = 0.16, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``n`` points in [0, 1]^2 at least ``sep`` apart in l_inf (rejection sampling) with random binary labels."""
+def toy_points(n: int = 12, sep: float = 0.16, seed: int = 0, norm: str = "linf") -> tuple[Tensor, Tensor]:
+    """``n`` points in [0, 1]^2 at least ``sep`` apart in ``norm`` ("linf" or "l1"; rejection sampling), random labels.
+
+    The thesis' toy (C8) draws points more than 2r = 0.32 apart in l1 and certifies at eps = r/2 = 0.08: l1 > 4 eps
+    keeps the l_inf boxes of any two points apart (or touching only at a corner), which zero robust error needs.
+    """
+    if norm not in ("linf", "l1"):
+        raise ValueError(f"toy_points: norm must be 'linf' or 'l1', got {norm!r}")
     g = torch.Generator().manual_seed(seed)
     pts: list[Tensor] = []
     tries = 0
@@ -74,7 +80,8 @@ def toy_points(n: int = 12, sep: float = 0.16, seed: int = 0) -> tuple[Tensor, T
         if tries > 100000:
             raise ValueError(f"cannot place {n} points {sep} apart in the unit square")
         p = torch.rand(2, generator=g)
-        if all(float((p - q).abs().max()) >= sep for q in pts):
+        dist = (lambda d: d.max()) if norm == "linf" else (lambda d: d.sum())
+        if all(float(dist((p - q).abs())) >= sep for q in pts):
             pts.append(p)
     y = torch.randint(0, 2, (n,), generator=g)
     return torch.stack(pts), y
@@ -145,9 +152,9 @@ def _pct(v: float) -> str:
 
 # ---- toy ----
 def study_toy(out: Path, seed: int, extra: dict[str, Any], progress: bool) -> dict[str, Any]:
-    p = {"n_points": 12, "sep": 0.16, "eps": 0.08, "sizes": [2, 100, 100, 100, 100, 2], "iters": 3000,
+    p = {"n_points": 12, "sep": 0.32, "sep_norm": "l1", "eps": 0.08, "sizes": [2, 100, 100, 100, 100, 2], "iters": 3000,
          "lr": 1e-3, "ramp_iters": 0, "eps_start": 0.0, **extra}
-    x, y = toy_points(p["n_points"], p["sep"], seed)
+    x, y = toy_points(p["n_points"], p["sep"], seed, p["sep_norm"])
     torch.manual_seed(seed)
     net = mlp(p["sizes"])
     opt = torch.optim.Adam(net.parameters(), lr=p["lr"])
