@@ -21,15 +21,15 @@ import torch
 from torch import nn
 
 from data_loaders.images import load_images
+from vision.models import mnist_small
 from vision.wasserstein.attack import WassersteinPGD, success_curve
 
 GRID = [0.1, 0.3, 0.5, 0.7, 1.0, 1.5]
 
 
 def wk17_net() -> nn.Sequential:
-    """The WK17 MNIST network in the layer order of the published checkpoints."""
-    return nn.Sequential(nn.Conv2d(1, 16, 4, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 4, 2, 1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(1568, 100), nn.ReLU(), nn.Linear(100, 10))
+    """The WK17 MNIST network (advsim's ``mnist_small``, raw pixels): its layer order is the checkpoints' one."""
+    return mnist_small()
 
 
 def load_checkpoint(path: Path) -> nn.Sequential:
