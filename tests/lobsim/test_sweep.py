@@ -263,10 +263,9 @@ n = 4
     assert (s2.skipped, s2.ran, s2.failed) == (6, 2, 2)
 
 
-def test_sweep_trains_its_models_once_per_market(tmp_path: Path) -> None:
-    cfg = tmp_path / "train.toml"
-    cfg.write_text("""
-name = "tr"
+def _syn_lin(days: int) -> str:
+    """TOML: the feature grid, one small synthetic market of ``days`` days and one tiny linear model."""
+    return f"""
 [features]
 dt = 0.1
 window_s = 10.0
@@ -274,12 +273,17 @@ horizon_s = 3.0
 [[markets]]
 name = "syn"
 synthetic = "thick"
-days = 2
+days = {days}
 hours = 0.1
 seed = 5
 [[models]]
 name = "lin"
-train = { kind = "linear", steps = 5, batch = 16 }
+train = {{ kind = "linear", steps = 5, batch = 16 }}"""
+
+
+def test_sweep_trains_its_models_once_per_market(tmp_path: Path) -> None:
+    cfg = tmp_path / "train.toml"
+    cfg.write_text('name = "tr"' + _syn_lin(days=2) + """
 [[attacks]]
 kind = "random"
 budgets = [1e5]
@@ -359,20 +363,7 @@ def test_sweep_trains_each_model_once_per_defense(tmp_path: Path) -> None:
 
     text = """
 name = "def"
-defenses = ["none", {kind = "fast", budget = 30000, val_n = 32}]
-[features]
-dt = 0.1
-window_s = 10.0
-horizon_s = 3.0
-[[markets]]
-name = "syn"
-synthetic = "thick"
-days = 1
-hours = 0.1
-seed = 5
-[[models]]
-name = "lin"
-train = { kind = "linear", steps = 5, batch = 16 }
+defenses = ["none", {kind = "fast", budget = 30000, val_n = 32}]""" + _syn_lin(days=1) + """
 [[attacks]]
 kind = "capital"
 budgets = [3e5]

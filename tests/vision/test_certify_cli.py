@@ -102,6 +102,9 @@ def test_toy_points_separation_rules():
         d = (x[:, None] - x[None]).abs()
         d = d.amax(-1) if norm == "linf" else d.sum(-1)
         assert float((d + 10 * torch.eye(12)).min()) >= sep
+    # the l1 rule is not the l_inf rule at the same distance: some pair is closer than 0.32 along both axes
+    linf = (x[:, None] - x[None]).abs().amax(-1) + 10 * torch.eye(12)
+    assert float(linf.min()) < 0.32
     with pytest.raises(ValueError, match="norm"):
         toy_points(4, 0.1, norm="l2")
 

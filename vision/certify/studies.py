@@ -72,6 +72,7 @@ def toy_points(n: int = 12, sep: float = 0.16, seed: int = 0, norm: str = "linf"
     """
     if norm not in ("linf", "l1"):
         raise ValueError(f"toy_points: norm must be 'linf' or 'l1', got {norm!r}")
+    dist = (lambda d: d.max()) if norm == "linf" else (lambda d: d.sum())
     g = torch.Generator().manual_seed(seed)
     pts: list[Tensor] = []
     tries = 0
@@ -80,7 +81,6 @@ def toy_points(n: int = 12, sep: float = 0.16, seed: int = 0, norm: str = "linf"
         if tries > 100000:
             raise ValueError(f"cannot place {n} points {sep} apart in the unit square")
         p = torch.rand(2, generator=g)
-        dist = (lambda d: d.max()) if norm == "linf" else (lambda d: d.sum())
         if all(float(dist((p - q).abs())) >= sep for q in pts):
             pts.append(p)
     y = torch.randint(0, 2, (n,), generator=g)
